@@ -151,8 +151,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def attention_mask(start: int, T: int, key_mask: torch.Tensor | None, device=None) -> torch.Tensor | None:
     """Boolean mask (B|1, 1, T, start+T), True = may attend; None where plain causal attention is exact.
 
-    `key_mask` (B, start+T) marks real tokens (False = padding). A padded query keeps its own slot so that its row
-    never has every key masked (a fully masked row gives NaN, and NaN * 0 still poisons the values it touches).
+    `key_mask` (B, start+T) marks real tokens (False = padding). A padded query keeps its own slot so that no row
+    has every key masked: SDPA backends disagree on such rows (zeros on CPU in torch 2.13, NaN on some others).
     """
     if key_mask is None and (start == 0 or T == 1):
         return None
