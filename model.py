@@ -269,13 +269,13 @@ class Transformer(nn.Module):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
-    def forward(self, tokens: torch.Tensor, output_hidden_states: bool = False, *,
-                positions: torch.Tensor | None = None, cache: KVCache | None = None,
-                key_mask: torch.Tensor | None = None, last_only: bool = False):
-        """tokens (B, T) -> logits (B, T, vocab) [, hidden: L residual streams (B, T, D) before the final norm].
+    def hidden_states(self, tokens: torch.Tensor, *, positions: torch.Tensor | None = None,
+                      cache: KVCache | None = None, key_mask: torch.Tensor | None = None,
+                      keep_blocks: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """tokens (B, T) -> final-normed states (B, T, D) and, if `keep_blocks`, the L residual streams.
 
         `cache` makes this a step of cached decoding (tokens go to slots cache.pos...); `key_mask` (B, cache.pos+T)
-        marks padding; `positions` (B, T) default to the slot index; `last_only` keeps only the last logits.
+        marks padding; `positions` (B, T) default to the slot index.
         """
         B, T = tokens.shape
         start = cache.pos if cache is not None else 0
@@ -285,16 +285,24 @@ class Transformer(nn.Module):
         shared_rope = rope_cos_sin(positions, self.inv_freq[None])  # (B, 1, T, hd)
         mask = attention_mask(start, T, key_mask, tokens.device)
         x = self.embed_tokens(tokens)  # (B, T, D)
-        hidden = []
+        blocks = []
         for block in self.layers:
             x = block(x, positions, self.inv_freq, shared_rope, mask, cache)
-            if output_hidden_states:
-                hidden.append(x)
+            if keep_blocks:
+                blocks.append(x)
         if cache is not None:
             cache.pos += T
-        x = self.norm(x[:, -1:] if last_only else x)
-        logits = self.lm_head(x)  # (B, T, vocab)
-        return (logits, hidden) if output_hidden_states else logits
+        return self.norm(x), blocks
+
+    def forward(self, tokens: torch.Tensor, output_hidden_states: bool = False, *, last_only: bool = False,
+                **kwargs):
+        """tokens (B, T) -> logits (B, T, vocab) [, the L residual streams (B, T, D) before the final norm].
+
+        `last_only` keeps only the last position's logits (generation); other keywords go to `hidden_states`.
+        """
+        x, blocks = self.hidden_states(tokens, keep_blocks=output_hidden_states, **kwargs)
+        logits = self.lm_head(x[:, -1:] if last_only else x)  # (B, T, vocab)
+        return (logits, blocks) if output_hidden_states else logits
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.embed_tokens.weight
@@ -349,6 +357,40 @@ def read_safetensors(path: Path) -> dict[str, tuple[str, torch.Tensor]]:
         with safe_open(path / file, framework="pt") as f:
             out.update({name: (str(path / file), f.get_tensor(name)) for name in f.keys()})
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Completion-only negative log-likelihood: the loss of training, of the RoPE-influence score and of cloze scoring.
+
+NLL_CHUNK = 512  # positions per chunk of vocabulary logits
+
+
+def _chunk_nll(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(F.linear(h, weight).float(), targets, reduction="none")
+
+
+def sequence_nll(model: Transformer, tokens: torch.Tensor, target_mask: torch.Tensor,
+                 **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL of the tokens where target_mask (B, T) is True, each predicted from the position before it.
+
+    Returns (nll (B,), count (B,)). Logits are formed only at target positions, a chunk at a time; under autograd
+    each chunk is recomputed in backward, so no full-vocabulary float32 logits stay alive.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    x, _ = model.hidden_states(tokens, **kwargs)  # (B, T, D)
+    predict = target_mask[:, 1:]  # position t predicts token t + 1
+    rows = torch.arange(tokens.shape[0], device=tokens.device)[:, None].expand_as(predict)[predict]  # (N,)
+    h, targets = x[:, :-1][predict], tokens[:, 1:][predict]  # (N, D), (N,)
+    nll = []
+    for i in range(0, len(targets), NLL_CHUNK):
+        args = (h[i:i + NLL_CHUNK], model.lm_head.weight, targets[i:i + NLL_CHUNK])
+        nll.append(checkpoint(_chunk_nll, *args, use_reentrant=False) if torch.is_grad_enabled()
+                   else _chunk_nll(*args))
+    nll = torch.cat(nll) if nll else h.new_zeros(0, dtype=torch.float32)
+    B = tokens.shape[0]
+    total = torch.zeros(B, dtype=torch.float32, device=tokens.device).index_add(0, rows, nll)
+    return total, predict.sum(-1)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -220,3 +220,26 @@ def test_from_pretrained_dtype_and_tied_head(tmp_path):
     tokens = torch.randint(0, 96, (1, 32))
     with torch.no_grad():  # bf16 is a smoke test: two correct bf16 runs differ by up to ~0.5 (STYLE.md)
         assert (model(tokens).float() - fp32(tokens)).abs().max() < 1.0
+
+
+def test_sequence_nll_matches_full_cross_entropy(monkeypatch):
+    """Chunked completion-only NLL (and its gradient) equals cross-entropy over full logits."""
+    import model as model_module
+
+    monkeypatch.setattr(model_module, "NLL_CHUNK", 7)  # several chunks, one of them partial
+    model = tiny_model()
+    model.lm_head.weight.requires_grad_(True)
+    tokens = torch.randint(0, 96, (3, 24), generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(3, 24, dtype=torch.bool)
+    mask[0, 10:], mask[1, 3:9], mask[2, 23] = True, True, True
+    nll, count = model_module.sequence_nll(model, tokens, mask)
+    nll.sum().backward()
+    grad = model.lm_head.weight.grad.clone()
+    model.zero_grad()
+
+    logp = torch.log_softmax(model(tokens)[:, :-1], dim=-1).gather(-1, tokens[:, 1:, None])[..., 0]
+    expected = -(logp * mask[:, 1:]).sum(-1)
+    expected.sum().backward()
+    assert count.tolist() == [14, 6, 1]
+    assert torch.allclose(nll, expected, atol=1e-4)
+    assert torch.allclose(grad, model.lm_head.weight.grad, atol=1e-5)
