@@ -243,3 +243,29 @@ def test_sequence_nll_matches_full_cross_entropy(monkeypatch):
     assert count.tolist() == [14, 6, 1]
     assert torch.allclose(nll, expected, atol=1e-4)
     assert torch.allclose(grad, model.lm_head.weight.grad, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    from conftest import default_model_dir
+
+    from model import Tokenizer
+    path = default_model_dir()
+    return path, Transformer.from_pretrained(path), Tokenizer.from_pretrained(path)
+
+
+def test_default_model_matches_transformers(default_model):
+    transformers = pytest.importorskip("transformers")
+    path, model, tok = default_model
+    ref = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tokens = torch.tensor([tok.encode("The Eiffel Tower, completed in 1889, stands on the Champ de Mars in Paris. "
+                                      * 8)])
+    with torch.no_grad():
+        assert (model(tokens) - ref(tokens).logits).abs().max() < TOL
+
+
+def test_default_model_knows_the_capital_of_france(default_model):
+    _, model, tok = default_model
+    prompt = tok.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    answer = tok.decode(generate(model, [prompt], max_new_tokens=20, stop_ids=tok.eos_ids)[0])
+    assert "Paris" in answer, answer
