@@ -439,6 +439,7 @@ class Tokenizer:
                  chat_template: str | None, special: dict[str, str]):
         self.tokenizer, self.bos_id, self.eos_ids, self.pad_id = tokenizer, bos_id, eos_ids, pad_id
         self.add_bos, self.chat_template, self.special = add_bos, chat_template, special
+        self._template = None  # the compiled chat template, built on first use
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "Tokenizer":
@@ -481,16 +482,22 @@ class Tokenizer:
         """Render the checkpoint's Jinja chat template (the text includes any BOS the template writes)."""
         if self.chat_template is None:
             raise ValueError("this tokenizer has no chat_template in tokenizer_config.json")
-        from jinja2.ext import loopcontrols
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        return self.compiled_template().render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                               **self.special)
 
-        def raise_exception(message):
-            raise ValueError(f"chat template: {message}")
+    def compiled_template(self):
+        """Compiled once per tokenizer: compiling costs ~2.5 ms, rendering a few microseconds."""
+        if self._template is None:
+            from jinja2.ext import loopcontrols
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-        env.globals.update(raise_exception=raise_exception, strftime_now=lambda f: datetime.now().strftime(f))
-        return env.from_string(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **self.special)
+            def raise_exception(message):
+                raise ValueError(f"chat template: {message}")
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+            env.globals.update(raise_exception=raise_exception, strftime_now=lambda f: datetime.now().strftime(f))
+            self._template = env.from_string(self.chat_template)
+        return self._template
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         return self.encode(self.apply_chat_template(messages, add_generation_prompt), bos=False)
