@@ -51,12 +51,12 @@ def freeze_base_weights(model: nn.Module) -> None:
 def apply_garfa(model: Transformer, layers) -> list[int]:
     """Attach identity-initialised GARFA to `layers` (in place); returns the adapted layers."""
     layers = check_layers(model, layers)
+    taken = [layer for layer in layers if model.layers[layer].self_attn.rope_freqs is not None]
+    if taken:  # checked before the first attach, so an error leaves the model as it was
+        raise ValueError(f"layers {taken} already have GARFA attached")
     p = model.embed_tokens.weight
     for layer in layers:
-        attn = model.layers[layer].self_attn
-        if attn.rope_freqs is not None:
-            raise ValueError(f"layer {layer} already has GARFA attached")
-        attn.rope_freqs = GARFA(model.config.n_kv_heads).to(p.device)  # float32 even in a bf16 model
+        model.layers[layer].self_attn.rope_freqs = GARFA(model.config.n_kv_heads).to(p.device)  # float32 in bf16 too
     freeze_base_weights(model)
     return layers
 
@@ -78,9 +78,13 @@ def garfa_multipliers(model: Transformer) -> dict[int, list[float]]:
 
 def read_garfa(path: str | Path, model: Transformer) -> dict[int, torch.Tensor]:
     """Read and validate garfa.safetensors against `model` without touching it: layer -> log_scale."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    state, out = load_file(str(path)), {}
+    try:
+        state, out = load_file(str(path)), {}
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     for key, value in state.items():
         parts = key.split(".")
         if len(parts) != 3 or parts[0] != "layers" or parts[2] != "log_scale" or not parts[1].isdigit():
