@@ -68,3 +68,30 @@ def default_model_dir() -> Path:
     from prepare import ensure_model
 
     return ensure_model()
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2: pad, bos, eos as in TINY
+
+
+def tiny_model_dir(path: Path, seed: int = 0, **overrides) -> Path:
+    """A complete HF-style model directory: tiny random weights plus a real byte-level BPE tokenizer with a chat
+    template, so the commands (train.py, sensitivity.py, evaluate.py) run end to end in seconds."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["Question: What is 2 + 3?\nA. 4\nB. 5\nAnswer: B", "def add(a, b):\n    return a + b\n",
+              "Problem: Solve x + 1 = 2. The answer is \\boxed{1}.", "The answer is 42."] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=384, special_tokens=SPECIAL_TOKENS,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    vocab_size = tok.get_vocab_size()  # every id the model can emit decodes
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+         "add_bos_token": False, "chat_template": CHAT_TEMPLATE}))
+    hf = tiny_hf_config(vocab_size=vocab_size, **overrides)
+    return save_checkpoint(tiny_model(seed, vocab_size=vocab_size, **overrides), path, hf)
