@@ -72,6 +72,35 @@ def target_module(model: Transformer, layer: int, target: str) -> nn.Module:
 # ----------------------------------------------------------------------------------------------------------------
 # The module
 
+class DroppedDown(torch.autograd.Function):
+    """dropout(x) @ A.T for a LoRA A (r, in), keeping only a 1-byte keep-mask for backward.
+
+    nn.Dropout would keep a float copy of the dropped input and, on CPU, a float mask: 8 bytes per input element and
+    per target, about half of a LoRA step's saved activations. The base linear already keeps x itself, so this costs
+    1 byte per element. Same distribution as nn.Dropout: each element kept with probability 1 - p, scaled 1/(1 - p).
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x, A, p: float):
+        keep = torch.rand(x.shape, device=x.device) >= p  # (..., in) bool
+        ctx.scale = 1 / (1 - p)
+        ctx.save_for_backward(x, keep, A)
+        return F.linear((x.to(A.dtype) * keep).mul_(ctx.scale), A)  # (..., r)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad):  # grad (..., r)
+        x, keep, A = ctx.saved_tensors
+        grad_x = grad_A = None
+        if ctx.needs_input_grad[0]:
+            grad_x = ((grad @ A.to(grad.dtype)) * keep).mul_(ctx.scale).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            h = (x.to(grad.dtype) * keep).mul_(ctx.scale)
+            grad_A = (grad.reshape(-1, grad.shape[-1]).T @ h.reshape(-1, h.shape[-1])).to(A.dtype)  # (r, in)
+        return grad_x, grad_A, None
+
+
 class LoRALinear(nn.Module):
     """An nn.Linear's own weight (and bias) plus the low-rank update (alpha / r) B A on a dropped-out input."""
 
@@ -84,7 +113,7 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, dtype=torch.float32, device=device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, dtype=torch.float32, device=device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's (and PEFT's) init, from the global RNG
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = float(dropout)  # probability, applied to the adapter's input in training mode (DroppedDown)
         self.merged = False  # True while (alpha / r) B A is folded into `weight` (merge_lora)
         self.train(base.training)  # a new module starts in training mode: dropout would act inside an eval() model
 
@@ -95,12 +124,15 @@ class LoRALinear(nn.Module):
         y = F.linear(x, self.weight, self.bias)
         if self.merged:
             return y
-        h = self.dropout(x).to(self.lora_A.dtype)
-        return y + (self.scaling * F.linear(F.linear(h, self.lora_A), self.lora_B)).to(y.dtype)  # (..., out)
+        if self.training and self.dropout > 0:
+            a = DroppedDown.apply(x, self.lora_A, self.dropout)
+        else:
+            a = F.linear(x.to(self.lora_A.dtype), self.lora_A)  # (..., r)
+        return y + (self.scaling * F.linear(a, self.lora_B)).to(y.dtype)  # (..., out)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
-                f"alpha={self.alpha}, merged={self.merged}")
+                f"alpha={self.alpha}, dropout={self.dropout}, merged={self.merged}")
 
 
 def lora_modules(model: Transformer) -> dict[tuple[int, str], LoRALinear]:
@@ -190,7 +222,7 @@ def peft_config(model: Transformer, base_model_name_or_path: str | None = None) 
     if set(modules) != {(layer, t) for layer in layers for t in targets}:
         raise ValueError(f"save_adapter: PEFT's layers_to_transform needs the same targets on every adapted layer; "
                          f"this model has {sorted(modules)}")
-    hparams = {(m.r, m.alpha, m.dropout.p) for m in modules.values()}
+    hparams = {(m.r, m.alpha, m.dropout) for m in modules.values()}
     if len(hparams) > 1:
         raise ValueError(f"save_adapter: all LoRA modules must share r, alpha, dropout; found {sorted(hparams)}")
     r, alpha, dropout = hparams.pop()

@@ -217,6 +217,21 @@ class Attention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, cfg.n_heads * cfg.head_dim))
 
 
+class SiluMul(torch.autograd.Function):
+    """silu(gate) * up, keeping only gate and up for backward (autograd would keep silu(gate) as well)."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up = ctx.saved_tensors
+        s = torch.sigmoid(gate)
+        return grad * up * s * (1 + gate * (1 - s)), grad * gate * s  # d silu(g)/dg = s (1 + g (1 - s))
+
+
 class FeedForward(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
@@ -227,7 +242,7 @@ class FeedForward(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(SiluMul.apply(self.gate_proj(x), self.up_proj(x)))
 
 
 class RMSNorm(nn.Module):

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import LLAMA3_SCALING, save_checkpoint, tiny_hf_config, tiny_model
 from garfa import GARFA_FILE, apply_garfa, garfa_layers
-from lora import (DEFAULT_TARGETS, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, TARGETS, LoRALinear, apply_lora,
+from lora import (DEFAULT_TARGETS, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, TARGETS, DroppedDown, LoRALinear, apply_lora,
                   count_trainable, load_adapter, lora_layers, lora_modules, merge_lora, save_adapter, unmerge_lora)
 from model import generate, sequence_nll
 
@@ -132,6 +132,46 @@ def test_gradients_reach_every_lora_matrix():
     assert all(m.lora_B.grad.abs().max() > 0 for m in lora_modules(fresh).values())
 
 
+def test_dropped_down_equals_plain_dropout_with_the_same_mask():
+    """Forward and both gradients equal autograd on x * keep / (1 - p) @ A.T, keep drawn from the same RNG state."""
+    p, g = 0.3, torch.Generator().manual_seed(0)
+    x = torch.randn(3, 50, 24, generator=g, requires_grad=True)
+    A = torch.randn(4, 24, generator=g, requires_grad=True)
+    upstream = torch.randn(3, 50, 4, generator=g)
+    torch.manual_seed(7)
+    out = DroppedDown.apply(x, A, p)
+    (out * upstream).sum().backward()
+    torch.manual_seed(7)
+    keep = torch.rand(x.shape) >= p
+    x2, A2 = x.detach().clone().requires_grad_(), A.detach().clone().requires_grad_()
+    ref = torch.nn.functional.linear(x2 * keep / (1 - p), A2)
+    (ref * upstream).sum().backward()
+    assert 0.6 < keep.float().mean() < 0.8
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(A.grad, A2.grad)
+
+
+def test_training_dropout_keeps_one_byte_per_input_element():
+    """nn.Dropout would keep a float copy and a mask per target; LoRALinear keeps only a bool mask beyond eval mode."""
+    layer = LoRALinear(torch.nn.Linear(24, 40, bias=False).requires_grad_(False), r=4, alpha=8, dropout=0.1)
+    x = torch.randn(2, 30, 24, requires_grad=True)
+
+    def saved_bytes(training):
+        layer.train(training)
+        storages = {}  # data pointer -> bytes: a tensor saved twice counts once
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            layer(x)
+        return sum(storages.values())
+
+    assert saved_bytes(True) - saved_bytes(False) == x.numel()  # the keep-mask, 1 byte per element
+
+
 def test_a_few_adamw_steps_reduce_the_loss():
     model, tokens = base_model(), batch(seed=5)
     torch.manual_seed(0)
@@ -222,7 +262,7 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path):
     assert info == dict(lora_layers=[0, 2], lora_targets=list(DEFAULT_TARGETS), garfa_layers=[])
     assert {n for n, p in fresh.named_parameters() if p.requires_grad} == \
            {n for n, p in model.named_parameters() if p.requires_grad}
-    assert lora_modules(fresh)[(2, "down_proj")].dropout.p == 0.1
+    assert lora_modules(fresh)[(2, "down_proj")].dropout == 0.1
     assert torch.equal(logits(fresh, tokens), logits(model, tokens))
 
 

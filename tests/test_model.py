@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import LLAMA3_SCALING, randomize_, save_checkpoint, tiny_hf_config, tiny_model
-from model import ModelConfig, Transformer, apply_rope, generate, llama3_scale, rope_cos_sin, rope_inv_freq
+from model import (ModelConfig, SiluMul, Transformer, apply_rope, generate, llama3_scale, rope_cos_sin,
+                   rope_inv_freq)
 
 TOL = 1e-4  # two correct fp32 implementations differ by ~1e-5 (STYLE.md)
 
@@ -269,3 +270,10 @@ def test_default_model_knows_the_capital_of_france(default_model):
     prompt = tok.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
     answer = tok.decode(generate(model, [prompt], max_new_tokens=20, stop_ids=tok.eos_ids)[0])
     assert "Paris" in answer, answer
+
+
+def test_silu_mul_gradients_match_finite_differences():
+    g = torch.Generator().manual_seed(0)
+    gate, up = (torch.randn(3, 7, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(SiluMul.apply, (gate, up))
+    assert torch.equal(SiluMul.apply(gate, up), torch.nn.functional.silu(gate) * up)
