@@ -35,7 +35,7 @@ from garfa import apply_garfa, garfa_multipliers
 from lora import DEFAULT_TARGETS, apply_lora, save_adapter
 from model import Tokenizer, Transformer, sequence_nll
 from prepare import DEFAULT_MODEL_DIR, ROOT, ensure_model
-from sensitivity import add_score_args, load_or_compute_scores, model_fingerprint, options_from_args
+from sensitivity import add_score_args, load_or_compute_scores, model_fingerprint, options_from_args, summary
 
 SIDES = ("sens", "rope", "all", "random", "none")
 PAPER_ARMS = ("sens-sens", "sens-rope", "rope-sens", "rope-rope")
@@ -495,6 +495,7 @@ def run_arm(arm: Arm, args, model_dir: Path, scores: dict, scores_dir: Path, run
 def compute_scores(args, model_dir: Path, out_dir: Path) -> tuple[dict, Path]:
     model, tok = load_model(args, model_dir)
     scores = load_or_compute_scores(model_dir, model, tok, options_from_args(args), out_dir=out_dir)
+    print(summary(scores))
     return scores, out_dir
 
 
