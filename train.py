@@ -43,7 +43,7 @@ CACHE_DIR = ROOT / "runs" / ".cache"  # base evaluations shared by every arm, ke
 
 # Defaults sized for the 2-core CPU and SmolLM2-135M ("default"), and the documented GPU recipe for Llama 3.1 8B.
 PRESETS = {
-    "default": dict(steps=40, batch_size=4, grad_accum=1, seq_len=256, warmup=4, limit=40, max_new_tokens=160,
+    "default": dict(steps=40, batch_size=4, grad_accum=1, seq_len=256, warmup=4, limit=40, max_new_tokens=128,
                     eval_batch_size=16, checkpoint_every=10),
     "paper": dict(steps=1000, batch_size=4, grad_accum=4, seq_len=1024, warmup=50, limit=None, max_new_tokens=512,
                   eval_batch_size=32, checkpoint_every=100),
@@ -315,7 +315,7 @@ def paired_tests(dir_a: Path, dir_b: Path, benchmarks) -> dict[str, dict]:
 
 def fmt_score(r: dict | None) -> str:
     if not r or "accuracy" not in r:
-        return f"not run ({r.get('why', 'no data')})" if r else "—"
+        return "not run" if r else "—"
     lo, hi = r["ci95"]
     return f"{100 * r['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] (n={r['n']})"
 
@@ -342,6 +342,8 @@ def write_report(run_dir: Path, results: dict, base: dict, tests: dict, scores: 
         test = f"{t['p']:.3g} ({t['only_a']}/{t['only_b']})" if t else ""
         label = f"{name} ({STAND_INS[name]})" if name in STAND_INS else name
         lines.append(f"| {label} | {fmt_score(b)} | {fmt_score(r)} | {delta} | {test} |")
+    lines += [""] + [f"- {name} not run: {r.get('why', 'no data')}" for name, r in results["benchmarks"].items()
+                     if "accuracy" not in r]
     if multipliers:
         n_kv = len(next(iter(multipliers.values())))
         lines += ["", "GARFA frequency multipliers exp(log_scale), per layer and KV head:", "",
