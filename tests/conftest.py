@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import ModelConfig, Transformer  # noqa: E402
+from model import ModelConfig, Transformer, sequence_nll  # noqa: E402
 
 TINY = dict(model_type="llama", vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
             num_attention_heads=8, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
@@ -21,6 +21,10 @@ TINY = dict(model_type="llama", vocab_size=96, hidden_size=64, intermediate_size
             eos_token_id=2, bos_token_id=1, pad_token_id=0, hidden_act="silu")
 LLAMA3_SCALING = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                       original_max_position_embeddings=64)
+
+
+TOL = 1e-4  # two correct fp32 implementations differ by ~1e-5 (STYLE.md)
+T = 130  # longer than LLAMA3_SCALING's original_max_position_embeddings (64), so the RoPE scaling matters
 
 
 def tiny_hf_config(**overrides) -> dict:
@@ -40,6 +44,41 @@ def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch
 
 def tiny_model(seed: int = 0, **overrides) -> Transformer:
     return randomize_(Transformer(ModelConfig.from_hf(tiny_hf_config(**overrides))), seed).eval()
+
+
+def base_model(seed: int = 0, **overrides) -> Transformer:
+    """The tiny model with the Llama 3.1 RoPE scaling, the base the adapter tests attach to."""
+    return tiny_model(seed, rope_scaling=LLAMA3_SCALING, **overrides)
+
+
+def batch(B: int = 2, length: int = T, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, TINY["vocab_size"], (B, length), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(model, tokens, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(tokens, **kwargs)
+
+
+def completion_loss(model, tokens) -> torch.Tensor:
+    """Mean next-token loss on the second half of each row, with the graph (for gradients)."""
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[:, tokens.shape[1] // 2:] = True
+    nll, count = sequence_nll(model, tokens, mask)
+    return nll.sum() / count.sum()
+
+
+def adamw_losses(model, tokens, lr: float, steps: int = 8) -> list[float]:
+    """completion_loss before each of `steps` AdamW steps on the trainable parameters (no weight decay)."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    losses = []
+    for _ in range(steps):
+        loss = completion_loss(model, tokens)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
 
 
 def save_checkpoint(model: Transformer, path: Path, hf_config: dict) -> Path:

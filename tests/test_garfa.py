@@ -5,22 +5,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import LLAMA3_SCALING, tiny_model
+from conftest import T, TOL, adamw_losses, base_model, batch, completion_loss, logits
 from garfa import (GARFA_FILE, apply_garfa, garfa_layers, garfa_multipliers, garfa_state, load_garfa_state,
                    read_garfa)
 from lora import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, apply_lora, load_adapter, lora_layers, lora_modules, save_adapter
-from model import generate, sequence_nll
+from model import generate
 
-TOL = 1e-4  # two correct fp32 implementations differ by ~1e-5 (STYLE.md)
-T = 130  # longer than LLAMA3_SCALING's original_max_position_embeddings (64), so the RoPE scaling matters
-
-
-def base_model(seed=0, **overrides):
-    return tiny_model(seed, rope_scaling=LLAMA3_SCALING, **overrides)
-
-
-def batch(B=2, length=T, seed=1):
-    return torch.randint(0, 96, (B, length), generator=torch.Generator().manual_seed(seed))
 
 
 def set_log_scales_(model, seed=0, std=0.3):
@@ -37,18 +27,6 @@ def garfa_model(layers=(0, 1, 2), seed=0):
     model = base_model(seed)
     apply_garfa(model, layers)
     return set_log_scales_(model, seed)
-
-
-def logits(model, tokens, **kwargs):
-    with torch.no_grad():
-        return model(tokens, **kwargs)
-
-
-def completion_loss(model, tokens):
-    mask = torch.zeros_like(tokens, dtype=torch.bool)
-    mask[:, tokens.shape[1] // 2:] = True
-    nll, count = sequence_nll(model, tokens, mask)
-    return nll.sum() / count.sum()
 
 
 def test_garfa_identity_is_base_model():
@@ -135,14 +113,7 @@ def test_kv_cache_decode_matches_full_forward_with_garfa():
 def test_a_few_adamw_steps_reduce_the_loss():
     model, tokens = base_model(), batch(seed=5)
     apply_garfa(model, [0, 1, 2])
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)  # SPEC
-    losses = []
-    for _ in range(8):
-        loss = completion_loss(model, tokens)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = adamw_losses(model, tokens, lr=1e-2)  # SPEC: GARFA lr 1e-2, no weight decay
     assert losses[-1] < losses[0] - 0.1, losses
 
 

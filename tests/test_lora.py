@@ -6,23 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import LLAMA3_SCALING, save_checkpoint, tiny_hf_config, tiny_model
+from conftest import (LLAMA3_SCALING, TOL, adamw_losses, base_model, batch, completion_loss, logits,
+                      save_checkpoint, tiny_hf_config)
 from garfa import GARFA_FILE, apply_garfa, garfa_layers
 from lora import (DEFAULT_TARGETS, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, TARGETS, DroppedDown, LoRALinear, apply_lora,
                   count_trainable, load_adapter, lora_layers, lora_modules, merge_lora, save_adapter, unmerge_lora)
-from model import generate, sequence_nll
+from model import generate
 
-TOL = 1e-4  # two correct fp32 implementations differ by ~1e-5 (STYLE.md)
-T = 130  # longer than LLAMA3_SCALING's original_max_position_embeddings (64), so the RoPE scaling matters
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def base_model(seed=0, **overrides):
-    return tiny_model(seed, rope_scaling=LLAMA3_SCALING, **overrides)
-
-
-def batch(B=2, length=T, seed=1):
-    return torch.randint(0, 96, (B, length), generator=torch.Generator().manual_seed(seed))
 
 
 def randomize_lora_(model, seed=0, std=0.1):
@@ -39,18 +30,6 @@ def lora_model(layers=(0, 2), seed=0, **kwargs):
     torch.manual_seed(seed)
     apply_lora(model, layers, **{"r": 4, "alpha": 8, **kwargs})
     return randomize_lora_(model, seed)
-
-
-def logits(model, tokens):
-    with torch.no_grad():
-        return model(tokens)
-
-
-def completion_loss(model, tokens):
-    mask = torch.zeros_like(tokens, dtype=torch.bool)
-    mask[:, tokens.shape[1] // 2:] = True
-    nll, count = sequence_nll(model, tokens, mask)
-    return nll.sum() / count.sum()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -176,15 +155,8 @@ def test_a_few_adamw_steps_reduce_the_loss():
     model, tokens = base_model(), batch(seed=5)
     torch.manual_seed(0)
     apply_lora(model, [1, 2], r=4, alpha=8, dropout=0.0)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     model.train()
-    losses = []
-    for _ in range(8):
-        loss = completion_loss(model, tokens)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = adamw_losses(model, tokens, lr=1e-2)
     assert losses[-1] < 0.8 * losses[0], losses
 
 

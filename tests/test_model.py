@@ -5,11 +5,9 @@ import shutil
 import pytest
 import torch
 
-from conftest import LLAMA3_SCALING, randomize_, save_checkpoint, tiny_hf_config, tiny_model
+from conftest import LLAMA3_SCALING, TOL, randomize_, save_checkpoint, tiny_hf_config, tiny_model
 from model import (ModelConfig, SiluMul, Transformer, apply_rope, generate, llama3_scale, rope_cos_sin,
                    rope_inv_freq)
-
-TOL = 1e-4  # two correct fp32 implementations differ by ~1e-5 (STYLE.md)
 
 # (name, config overrides, sequence length, shard size or None)
 PARITY_CASES = {
