@@ -34,7 +34,7 @@ from evaluate import (DEFAULT_BENCHMARKS, FAMILIES, MC_FORMATS, STAND_INS, bench
 from garfa import apply_garfa, garfa_multipliers
 from lora import DEFAULT_TARGETS, apply_lora, save_adapter
 from model import Tokenizer, Transformer, sequence_nll
-from prepare import DEFAULT_MODEL_DIR, ROOT, ensure_model
+from prepare import DEFAULT_MODEL_DIR, ROOT, ensure_model, write_atomic
 from sensitivity import add_score_args, load_or_compute_scores, model_fingerprint, options_from_args, summary
 
 SIDES = ("sens", "rope", "all", "random", "none")
@@ -142,12 +142,6 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Files: every file of a run directory is written whole or not at all.
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
 
 def write_json(path: Path, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
@@ -342,8 +336,9 @@ def write_report(run_dir: Path, results: dict, base: dict, tests: dict, scores: 
         test = f"{t['p']:.3g} ({t['only_a']}/{t['only_b']})" if t else ""
         label = f"{name} ({STAND_INS[name]})" if name in STAND_INS else name
         lines.append(f"| {label} | {fmt_score(b)} | {fmt_score(r)} | {delta} | {test} |")
-    lines += [""] + [f"- {name} not run: {r.get('why', 'no data')}" for name, r in results["benchmarks"].items()
-                     if "accuracy" not in r]
+    not_run = [f"- {name} not run: {r.get('why', 'no data')}" for name, r in results["benchmarks"].items()
+               if "accuracy" not in r]
+    lines += [""] + not_run if not_run else []
     if multipliers:
         n_kv = len(next(iter(multipliers.values())))
         lines += ["", "GARFA frequency multipliers exp(log_scale), per layer and KV head:", "",
