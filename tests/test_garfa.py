@@ -12,7 +12,6 @@ from lora import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, apply_lora, load_adapter, 
 from model import generate
 
 
-
 def set_log_scales_(model, seed=0, std=0.3):
     """Trained-looking scales (an untrained GARFA has log_scale = 0 and changes nothing)."""
     g = torch.Generator().manual_seed(seed)

@@ -1,19 +1,16 @@
 """lora.py: LS-LoRA on chosen layers, merge/unmerge, and the PEFT on-disk format checked against `peft` itself."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import (LLAMA3_SCALING, TOL, adamw_losses, base_model, batch, completion_loss, logits,
-                      save_checkpoint, tiny_hf_config)
+from conftest import (LLAMA3_SCALING, TOL, adamw_losses, base_model, batch, completion_loss, default_model_dir,
+                      logits, save_checkpoint, tiny_hf_config)
 from garfa import GARFA_FILE, apply_garfa, garfa_layers
 from lora import (DEFAULT_TARGETS, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, TARGETS, DroppedDown, LoRALinear, apply_lora,
                   count_trainable, load_adapter, lora_layers, lora_modules, merge_lora, save_adapter, unmerge_lora)
 from model import generate
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def randomize_lora_(model, seed=0, std=0.1):
@@ -393,24 +390,21 @@ def test_our_loader_reads_a_peft_made_adapter(tmp_path):
     assert (logits(base_model(), tokens) - expected).abs().max() > 100 * TOL
 
 
-DEFAULT_MODEL = ROOT / "checkpoints" / "SmolLM2-135M-Instruct"
-
-
-@pytest.mark.skipif(not (DEFAULT_MODEL / "model.safetensors").is_file(), reason="run `python prepare.py` first")
 def test_peft_parity_on_the_default_model(tmp_path):
     """The real SmolLM2-135M (GQA 3:1, tied embeddings): our LoRA on 8 layers == peft on transformers."""
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
     from model import Transformer
 
-    model = Transformer.from_pretrained(DEFAULT_MODEL)
+    path = default_model_dir()  # prepared on first use, as every command does
+    model = Transformer.from_pretrained(path)
     torch.manual_seed(0)
     apply_lora(model, [2, 5, 9, 13, 17, 21, 25, 29])
     randomize_lora_(model, std=0.02)
-    save_adapter(model, tmp_path / "adapter", base_model_name_or_path=str(DEFAULT_MODEL))
+    save_adapter(model, tmp_path / "adapter", base_model_name_or_path=str(path))
     tokens = torch.randint(0, model.config.vocab_size, (1, 96), generator=torch.Generator().manual_seed(0))
     expected = logits(model, tokens)
-    hf = transformers.LlamaForCausalLM.from_pretrained(DEFAULT_MODEL, dtype=torch.float32).eval()
+    hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with torch.no_grad():
         got = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()(tokens).logits
     assert (got - expected).abs().max() < TOL * max(1.0, expected.abs().max().item() / 10)
