@@ -35,10 +35,9 @@ from tqdm import tqdm
 
 from data import BENCHMARKS, BenchmarkUnavailable, extracted, load_benchmark, write_jsonl
 from lora import load_adapter
-from model import Tokenizer, Transformer, generate
-from prepare import ensure_model, write_atomic
+from model import Tokenizer, Transformer, generate, right_pad
+from prepare import RUNS_DIR, ensure_model, write_atomic
 
-ROOT = Path(__file__).resolve().parent
 LETTERS = "ABCDEFGHIJ"
 MC_FORMATS = ("letter", "cloze")
 CHAT_MODES = ("auto", "off")
@@ -338,10 +337,7 @@ def loglikelihoods(model: Transformer, requests: list[tuple[list[int], list[list
     out = [[0.0] * len(conts) for _, conts in requests]
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False, dynamic_ncols=True):
         batch = rows[start:start + batch_size]
-        tokens = torch.zeros(len(batch), len(batch[0][2]), dtype=torch.long)  # pad id 0: never read
-        for i, (_, _, t) in enumerate(batch):
-            tokens[i, :len(t)] = torch.tensor(t)
-        logits = model(tokens.to(device))  # (B, T, vocab)
+        logits = model(right_pad([t for _, _, t in batch]).to(device))  # (B, T, vocab)
         for i, (r, j, t) in enumerate(batch):
             ctx, conts = requests[r]
             if j is None:
@@ -518,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
     tok = Tokenizer.from_pretrained(model_dir)
     if args.adapter:
         load_adapter(model, args.adapter)
-    out = args.out or ROOT / "runs" / ("eval-" + model_dir.name + (f"-{args.adapter.name}" if args.adapter else ""))
+    out = args.out or RUNS_DIR / ("eval-" + model_dir.name + (f"-{args.adapter.name}" if args.adapter else ""))
     results = evaluate_model(model, tok, args.benchmarks, args.limit, args.seed, out, args.shots, args.mc_format,
                              args.max_new_tokens, args.batch_size, args.chat, args.gpqa_csv, args.mgsm_dir,
                              args.timeout)

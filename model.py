@@ -380,6 +380,14 @@ def read_safetensors(path: Path) -> dict[str, tuple[str, torch.Tensor]]:
 NLL_CHUNK = 512  # positions per chunk of vocabulary logits
 
 
+def right_pad(rows: list[list], pad=0, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """(B, T) with `pad` after each row's end: under causal attention no real position ever reads the padding."""
+    out = torch.full((len(rows), max(map(len, rows))), pad, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.tensor(row, dtype=dtype)
+    return out
+
+
 def _chunk_nll(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(F.linear(h, weight).float(), targets, reduction="none")
 

@@ -36,6 +36,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = ROOT / "checkpoints" / "SmolLM2-135M-Instruct"
 DATA_DIR = ROOT / "data"
+RUNS_DIR = ROOT / "runs"  # every command's default output
+CACHE_DIR = RUNS_DIR / ".cache"  # layer scores and base evaluations, keyed by model and settings
 WHEEL_DIR = DATA_DIR / "wheels"  # every pinned wheel, kept so a rebuild needs no network
 
 

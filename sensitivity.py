@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import math
-import os
 import re
 import time
 from contextlib import contextmanager
@@ -28,12 +28,11 @@ from scipy import stats
 
 from evaluate import FAMILIES, LETTERS, encode_prompt
 from garfa import apply_garfa
-from model import Tokenizer, Transformer, sequence_nll
-from prepare import DEFAULT_MODEL_DIR, ROOT, ensure_model, write_atomic
+from model import Tokenizer, Transformer, right_pad, sequence_nll
+from prepare import CACHE_DIR, DEFAULT_MODEL_DIR, ROOT, RUNS_DIR, ensure_model, write_atomic
 
 SCORES_VERSION = "1"  # bump when a score's definition changes, so cached scores are recomputed
 CALIB_FILE = ROOT / "calibration_pairs.json"
-CACHE_DIR = ROOT / "runs" / ".cache"
 SKILLS = {"knowledge_mc": "mc", "science_mc": "mc", "code": "code", "competition_math": "math",
           "grade_school_math": "gsm", "science_reasoning": "mc"}  # skill -> prompt family (evaluate.FAMILIES)
 SOURCE_SKILL = {"mmlu": "knowledge_mc", "arc_easy": "science_reasoning", "openbookqa": "science_reasoning",
@@ -172,14 +171,6 @@ def encode_pairs(tok: Tokenizer, pairs: list[dict], chat: str = "auto") -> list[
 # ----------------------------------------------------------------------------------------------------------------
 # Small pure functions
 
-def right_pad(rows: list[list[int]], device=None) -> torch.Tensor:
-    """(B, T) with zeros after each row: causal attention never lets a real position read the padding."""
-    tokens = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
-    for i, r in enumerate(rows):
-        tokens[i, :len(r)] = torch.tensor(r)
-    return tokens.to(device)
-
-
 def pool_hidden(h: torch.Tensor, start: int, end: int, pool: str) -> torch.Tensor:
     """h (..., T, D), completion at positions [start, end) -> (..., D): its last token or its mean."""
     return h[..., end - 1, :] if pool == "last" else h[..., start:end, :].mean(-2)
@@ -256,7 +247,7 @@ def hidden_distances(model: Transformer, encoded: list[EncodedPair], pool: str, 
     out = {"cosine": [], "l2": [], "norm": []}
     for pair in tqdm(encoded, desc="sensitivity", leave=False, dynamic_ncols=True):
         rows = [pair.prompt + pair.correct, pair.prompt + pair.incorrect]
-        tokens = right_pad(rows, device)
+        tokens = right_pad(rows).to(device)
         _, blocks = model.hidden_states(tokens, keep_blocks=True)
         states = [model.embed_tokens(tokens)] + blocks  # L + 1 tensors (2, T, D)
         pooled = [torch.stack([pool_hidden(h[i].float(), len(pair.prompt), len(rows[i]), pool) for h in states])
@@ -291,10 +282,8 @@ def completion_nll(model: Transformer, encoded: list[EncodedPair]) -> torch.Tens
     """Mean NLL over each pair's correct-completion tokens, shape (P,)."""
     device = model.embed_tokens.weight.device
     rows = [p.prompt + p.correct for p in encoded]
-    mask = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.bool)
-    for i, p in enumerate(encoded):
-        mask[i, len(p.prompt):len(rows[i])] = True
-    nll, count = sequence_nll(model, right_pad(rows, device), mask.to(device))
+    mask = right_pad([[False] * len(p.prompt) + [True] * len(p.correct) for p in encoded], False, torch.bool)
+    nll, count = sequence_nll(model, right_pad(rows).to(device), mask.to(device))
     return nll / count
 
 
@@ -370,7 +359,8 @@ def compute_scores(model: Transformer, tok: Tokenizer, options: ScoreOptions) ->
 # ----------------------------------------------------------------------------------------------------------------
 # The figure
 
-def plot_scores(result: dict, path: str | Path) -> None:
+def plot_scores(result: dict) -> bytes:
+    """The figure as PNG bytes: both scores per layer, min-max normalised, top-k sets marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -395,8 +385,10 @@ def plot_scores(result: dict, path: str | Path) -> None:
     ax.set_xticks(layers[::max(1, len(layers) // 15)])
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    return png.getvalue()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -444,9 +436,7 @@ def load_or_compute_scores(model_dir: str | Path, model: Transformer, tok: Token
     else:
         result = compute_scores(model, tok, options)
         cache.mkdir(parents=True, exist_ok=True)
-        tmp_png = cache / f".layer_scores.tmp{os.getpid()}.png"
-        plot_scores(result, tmp_png)
-        os.replace(tmp_png, cache / "layer_scores.png")
+        write_atomic(cache / "layer_scores.png", plot_scores(result))
         write_atomic(cache / "scores.json", json.dumps(result, indent=1).encode())  # written last: marks complete
     result["model"] = str(model_dir)
     if out_dir is not None:
@@ -489,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     model_dir = ensure_model(args.model)
-    out = args.out or ROOT / "runs" / f"sensitivity-{model_dir.name}"
+    out = args.out or RUNS_DIR / f"sensitivity-{model_dir.name}"
     t0 = time.time()
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     model = Transformer.from_pretrained(model_dir, dtype=dtype, device=args.device)

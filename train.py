@@ -11,7 +11,9 @@ adapter tensors, the optimizer and the step, so `--resume` continues to exactly 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -33,13 +35,12 @@ from evaluate import (DEFAULT_BENCHMARKS, FAMILIES, MC_FORMATS, STAND_INS, bench
                       mcnemar_exact)
 from garfa import apply_garfa, garfa_multipliers
 from lora import DEFAULT_TARGETS, apply_lora, save_adapter
-from model import Tokenizer, Transformer, sequence_nll
-from prepare import DEFAULT_MODEL_DIR, ROOT, ensure_model, write_atomic
+from model import Tokenizer, Transformer, right_pad, sequence_nll
+from prepare import CACHE_DIR, DEFAULT_MODEL_DIR, ROOT, RUNS_DIR, ensure_model, write_atomic
 from sensitivity import add_score_args, load_or_compute_scores, model_fingerprint, options_from_args, summary
 
 SIDES = ("sens", "rope", "all", "random", "none")
 PAPER_ARMS = ("sens-sens", "sens-rope", "rope-sens", "rope-rope")
-CACHE_DIR = ROOT / "runs" / ".cache"  # base evaluations shared by every arm, keyed by model and settings
 
 # Defaults sized for the 2-core CPU and SmolLM2-135M ("default"), and the documented GPU recipe for Llama 3.1 8B.
 PRESETS = {
@@ -115,20 +116,21 @@ def encode_example(tok: Tokenizer, prompt: str, completion: str, seq_len: int,
     return ids, [False] * len(head) + [True] * (len(ids) - len(head))
 
 
+@functools.lru_cache(maxsize=2)
+def epoch_order(seed: int, n: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def example_index(seed: int, n: int, position: int) -> int:
     """Which example fills slot `position` of the whole run: a fresh seeded permutation every epoch."""
     epoch, offset = divmod(position, n)
-    return int(np.random.default_rng([seed, epoch]).permutation(n)[offset])
+    return int(epoch_order(seed, n, epoch)[offset])
 
 
 def make_batch(examples, indices, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (B, T) tokens and the completion mask; padding is never a target."""
-    T = max(len(examples[i][0]) for i in indices)
-    tokens = torch.full((len(indices), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(indices), T, dtype=torch.bool)
-    for row, i in enumerate(indices):
-        ids, target = examples[i]
-        tokens[row, :len(ids)], mask[row, :len(ids)] = torch.tensor(ids), torch.tensor(target)
+    tokens = right_pad([examples[i][0] for i in indices], pad_id)
+    mask = right_pad([examples[i][1] for i in indices], False, torch.bool)
     return tokens.to(device), mask.to(device)
 
 
@@ -383,10 +385,10 @@ def write_comparison(out_dir: Path, arm_results: dict[str, dict], tests: dict[st
     ax.set_title("LS-LoRA x GARFA cross-layer ablation")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = out_dir / "comparison.tmp.png"
-    fig.savefig(tmp, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, out_dir / "comparison.png")
+    write_atomic(out_dir / "comparison.png", png.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -445,17 +447,22 @@ def load_model(args, model_dir: Path) -> tuple[Transformer, Tokenizer]:
 
 
 def run_arm(arm: Arm, args, model_dir: Path, scores: dict, scores_dir: Path, run_dir: Path,
-            claim: bool = True, examples: list | None = None) -> dict:
-    """Select, attach, train, evaluate, report: one arm into one run directory (scores and examples shared)."""
+            claim: bool = True, examples: list | None = None,
+            loaded: tuple[Transformer, Tokenizer] | None = None) -> dict:
+    """Select, attach, train, evaluate, report: one arm into one run directory (scores and examples shared).
+
+    `loaded` is a model without adapters to use instead of loading one (the one that scored the layers).
+    """
     t0 = time.time()
     if args.resume and (run_dir / "results.json").is_file():
         print(f"{arm.name}: already complete in {run_dir}")
         return json.loads((run_dir / "results.json").read_text())
     if claim:
         claim_run_dir(run_dir, run_config(args, arm, model_dir), args.resume)
-    for name in ("scores.json", "layer_scores.png"):
-        write_atomic(run_dir / name, (scores_dir / name).read_bytes())
-    model, tok = load_model(args, model_dir)
+    if scores_dir != run_dir:
+        for name in ("scores.json", "layer_scores.png"):
+            write_atomic(run_dir / name, (scores_dir / name).read_bytes())
+    model, tok = loaded or load_model(args, model_dir)
     base_dir, base = ensure_baseline(model, tok, args, model_dir)
     n = model.config.n_layers
     lora_layers = resolve_layers(arm.lora, scores, n, args.seed)
@@ -489,11 +496,12 @@ def run_arm(arm: Arm, args, model_dir: Path, scores: dict, scores_dir: Path, run
     return results
 
 
-def compute_scores(args, model_dir: Path, out_dir: Path) -> tuple[dict, Path]:
+def compute_scores(args, model_dir: Path, out_dir: Path) -> tuple[dict, tuple[Transformer, Tokenizer]]:
+    """The layer scores (cached), written into out_dir; also returns the loaded model, still without adapters."""
     model, tok = load_model(args, model_dir)
     scores = load_or_compute_scores(model_dir, model, tok, options_from_args(args), out_dir=out_dir)
     print(summary(scores))
-    return scores, out_dir
+    return scores, (model, tok)
 
 
 def arm_or_ablation(text: str) -> str:
@@ -554,16 +562,17 @@ def main(argv=None) -> None:
     except FileNotFoundError as e:
         parser.error(str(e))
     arms = [parse_arm(a) for a in PAPER_ARMS] + [parse_arm("base")] if args.arm == "ablation" else [parse_arm(args.arm)]
-    out = args.out or ROOT / "runs" / f"{args.arm}-{model_dir.name}"
+    out = args.out or RUNS_DIR / f"{args.arm}-{model_dir.name}"
     claim_run_dir(out, run_config(args, parse_arm("base") if args.arm == "ablation" else arms[0], model_dir)
                   | {"arm": args.arm}, args.resume)
-    scores, scores_dir = compute_scores(args, model_dir, out)
+    scores, loaded = compute_scores(args, model_dir, out)
     if args.arm != "ablation":
-        run_arm(arms[0], args, model_dir, scores, scores_dir, out, claim=False)
+        run_arm(arms[0], args, model_dir, scores, out, out, claim=False, loaded=loaded)
         return
+    del loaded  # every arm of the ablation starts from a freshly loaded model
     t0 = time.time()
     examples = training_examples(Tokenizer.from_pretrained(model_dir), args)
-    results = {arm.name: run_arm(arm, args, model_dir, scores, scores_dir, out / arm.name, examples=examples)
+    results = {arm.name: run_arm(arm, args, model_dir, scores, out, out / arm.name, examples=examples)
                for arm in arms}
     tests = {arm: paired_tests(out / "sens-sens", out / arm, results["sens-sens"]["benchmarks"])
              for arm in results if arm != "sens-sens"}
