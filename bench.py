@@ -30,7 +30,7 @@ import torch
 
 from evaluate import loglikelihoods
 from lora import DEFAULT_TARGETS, apply_lora
-from model import ModelConfig, Transformer, generate, sequence_nll
+from model import ModelConfig, Transformer, generate, right_pad, sequence_nll
 from prepare import DEFAULT_MODEL_DIR, ROOT, ensure_model, write_atomic
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -157,9 +157,7 @@ def bench_mc(ours, hf, args) -> dict:
     letters = random_tokens(cfg, MC["letters"], seed=args.seed).tolist()
     requests = [(random_tokens(cfg, n, seed=args.seed + i).tolist(), [[c] for c in letters])
                 for i, n in enumerate(lengths)]
-    tokens = torch.zeros(len(requests), max(lengths), dtype=torch.long)  # the same right-padded batch
-    for i, (ctx, _) in enumerate(requests):
-        tokens[i, :len(ctx)] = torch.tensor(ctx)
+    tokens = right_pad([ctx for ctx, _ in requests])  # the same right-padded batch as ours
     tokens, last = tokens.to(args.device), torch.tensor(lengths, device=args.device) - 1
 
     def hf_scores():  # padding comes after each row's end: causal attention never reads it, no mask needed

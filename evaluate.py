@@ -314,6 +314,11 @@ def check_program(program: str, timeout: float = 10.0) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # Model-facing: one log-likelihood scorer for multiple choice, one generation path for everything else
 
+def uses_chat(tok: Tokenizer, family: str, chat: str = "auto") -> bool:
+    """Whether a family's prompts go through the chat template: its format says so and the checkpoint has one."""
+    return chat == "auto" and FAMILIES[family].chat and tok.chat_template is not None
+
+
 def encode_prompt(tok: Tokenizer, text: str, chat: bool) -> list[int]:
     return tok.encode_chat([{"role": "user", "content": text}]) if chat else tok.encode(text)
 
@@ -446,8 +451,7 @@ def evaluate_model(model, tok: Tokenizer, benchmarks=DEFAULT_BENCHMARKS, limit: 
         if family == "mc":
             records = score_mc(model, tok, items, mc_format, shots, batch_size, desc=name)
         else:
-            use_chat = chat == "auto" and FAMILIES[family].chat and tok.chat_template is not None
-            prompts = [encode_prompt(tok, format_prompt(family, x), use_chat) for x in items]
+            prompts = [encode_prompt(tok, format_prompt(family, x), uses_chat(tok, family, chat)) for x in items]
             outputs = generate_until(model, tok, prompts, FAMILIES[family].stops,
                                      max_new_tokens or FAMILIES[family].max_new_tokens, batch_size, desc=name)
             records = grade(family, items, outputs, timeout)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from evaluate import FAMILIES, LETTERS, encode_prompt
+from evaluate import LETTERS, encode_prompt, uses_chat
 from garfa import apply_garfa
 from model import Tokenizer, Transformer, right_pad, sequence_nll
 from prepare import CACHE_DIR, DEFAULT_MODEL_DIR, ROOT, RUNS_DIR, ensure_model, write_atomic
@@ -159,8 +159,7 @@ def encode_pairs(tok: Tokenizer, pairs: list[dict], chat: str = "auto") -> list[
     """Token ids, the prompt formatted exactly as evaluation formats its family (chat template for math and gsm)."""
     out = []
     for p in pairs:
-        use_chat = chat == "auto" and FAMILIES[SKILLS[p["skill"]]].chat and bool(tok.chat_template)
-        enc = EncodedPair(encode_prompt(tok, p["prompt"], use_chat), tok.encode(p["correct"], bos=False),
+        enc = EncodedPair(encode_prompt(tok, p["prompt"], uses_chat(tok, SKILLS[p["skill"]], chat)), tok.encode(p["correct"], bos=False),
                           tok.encode(p["incorrect"], bos=False))
         if not (enc.prompt and enc.correct and enc.incorrect):
             raise ValueError(f"calibration pair {p['prompt'][:40]!r}: prompt and completions need >= 1 token each")

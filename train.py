@@ -31,8 +31,8 @@ import torch
 from tqdm import tqdm
 
 from data import training_mixture
-from evaluate import (DEFAULT_BENCHMARKS, FAMILIES, MC_FORMATS, STAND_INS, benchmark_list, evaluate_model,
-                      mcnemar_exact)
+from evaluate import (DEFAULT_BENCHMARKS, MC_FORMATS, STAND_INS, benchmark_list, evaluate_model, mcnemar_exact,
+                      uses_chat)
 from garfa import apply_garfa, garfa_multipliers
 from lora import DEFAULT_TARGETS, apply_lora, save_adapter
 from model import Tokenizer, Transformer, right_pad, sequence_nll
@@ -434,7 +434,7 @@ def training_examples(tok: Tokenizer, args) -> list[tuple[list[int], list[bool]]
     """The SFT mixture, each family in its evaluation format (chat template where evaluation uses it)."""
     items = training_mixture(seed=args.seed)
     encoded = [encode_example(tok, it["prompt"], it["completion"], args.seq_len,
-                              args.chat and FAMILIES[it["family"]].chat) for it in items]
+                              uses_chat(tok, it["family"], "auto" if args.chat else "off")) for it in items]
     examples = [e for e in encoded if e is not None]
     print(f"training mixture: {len(examples)} examples ({len(items) - len(examples)} with prompts over "
           f"--seq-len {args.seq_len} dropped)")
