@@ -7,10 +7,19 @@ runs in its own fresh subprocess so that its peak memory is its own. Prints a ta
     pip install -r requirements-dev.txt   # transformers and peft are the reference, not dependencies of the repo
     python bench.py                       # ~10 minutes on a 2-core CPU; --quick for a smoke run
     python bench.py --device cuda --dtype bf16
+    python bench.py --shape llama-3.1-8b --dir /tmp/llama8b   # Llama 3.1 8B's real shape, random bf16 weights
 
 Rates: prefill is one forward pass over the prompt (no cache, next-token logits only, as in generation). Decode
 times a whole greedy `generate` call (prefill of the prompt included) and divides the new tokens by it; stopping is
 disabled on both sides, so each produces exactly `--new-tokens` tokens per prompt.
+
+`--shape llama-3.1-8b --dir DIR` checks the real shape instead of the default model: it writes (or reuses) a
+random-weight checkpoint of Llama 3.1 8B's config in DIR (random_checkpoint.py: 16 GB of bf16 shards laid out like
+the hub's), then, for ours and for transformers, each in its own fresh process: the load time, the peak resident
+memory above the interpreter's, and the time of one forward of a short prompt (`--prompt-len`, default 16 tokens,
+batch 1) on `--device` with bf16 weights (the first forward and a second one). `--memory-limit-gb` caps each
+process's private memory (RLIMIT_DATA), so a side that would not fit fails with an error instead of waking the
+kernel's OOM killer on a shared machine.
 """
 from __future__ import annotations
 
@@ -29,9 +38,11 @@ from pathlib import Path
 import torch
 
 from evaluate import loglikelihoods
+from files import DEFAULT_MODEL_DIR, ROOT, write_atomic
 from lora import DEFAULT_TARGETS, apply_lora
 from model import ModelConfig, Transformer, generate, right_pad, sequence_nll
-from prepare import DEFAULT_MODEL_DIR, ROOT, ensure_model, write_atomic
+from prepare import ensure_model
+from random_checkpoint import SHAPES, is_complete, write_random_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PREFILL_SHAPES = ((1, 512), (8, 128))  # (batch, tokens)
@@ -105,6 +116,20 @@ def peak_rss_bytes() -> int:
                 return int(line.split()[1]) * 1024
     scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("no VmRSS in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Restart VmHWM from the current RSS (Linux 4.0+), so the peak measured next is that of what follows."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def random_tokens(cfg: ModelConfig, *shape: int, seed: int) -> torch.Tensor:
@@ -188,7 +213,8 @@ def lora_step_child(args) -> dict:
         transformers, peft = require_reference()
         hf = transformers.LlamaForCausalLM.from_pretrained(args.model, dtype=args.torch_dtype).to(args.device)
         model = peft.get_peft_model(hf, peft.LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"],
-                                                        lora_dropout=LORA["dropout"], target_modules=list(DEFAULT_TARGETS)))
+                                                        lora_dropout=LORA["dropout"],
+                                                        target_modules=list(DEFAULT_TARGETS)))
         labels = tokens.masked_fill(~completion, -100)  # HF's standard path: full-vocabulary logits, -100 = ignored
 
         def loss_fn():
@@ -216,6 +242,94 @@ def bench_lora(args, side: str) -> dict:
            "--lora-repeats", str(args.lora_repeats)]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The real shape: load and one forward, each side in a fresh process
+
+def load_child(args) -> dict:
+    """Load one side's model in this (fresh) process, then time two forwards of a short prompt."""
+    if args.memory_limit_gb:
+        limit = int(args.memory_limit_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    cfg = ModelConfig.from_json(Path(args.model) / "config.json")
+    if args.load_child == "hf":
+        transformers, _ = require_reference()
+    with torch.device("meta"):  # torch loads its meta-device kernels on first use (~70 MB, once): not the load's
+        Transformer(cfg)
+    out = dict(rss_base=rss_bytes())
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    try:
+        if args.load_child == "ours":
+            model = Transformer.from_pretrained(args.model, dtype=args.torch_dtype, device=args.device)
+            forward = lambda tokens: model(tokens, last_only=True)
+        else:
+            model = transformers.LlamaForCausalLM.from_pretrained(args.model, dtype=args.torch_dtype,
+                                                                  device_map=str(args.device)).eval()
+            forward = lambda tokens: model(input_ids=tokens, use_cache=False, logits_to_keep=1).logits
+    except (MemoryError, RuntimeError) as e:  # RLIMIT_DATA reached: report it, the parent goes on
+        return dict(out, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}", rss_peak=peak_rss_bytes())
+    sync(args.device)
+    out.update(load_s=time.perf_counter() - t0, rss_peak_load=peak_rss_bytes(), rss_loaded=rss_bytes(),
+               param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
+    tokens = random_tokens(cfg, 1, args.prompt_len, seed=args.seed).to(args.device)
+    with torch.inference_mode():
+        times = interleaved({"forward": lambda: forward(tokens)}, repeats=2, warmup=0, device=args.device)["forward"]
+    out.update(forward_first_s=times[0], forward_s=times[1], rss_peak=peak_rss_bytes())
+    return out
+
+
+def shape_bench(args):
+    """Write (or reuse) the random checkpoint of args.shape in args.dir, then measure each side in its own process."""
+    transformers, _ = require_reference()
+    hf_config = SHAPES[args.shape]
+    if is_complete(args.dir, hf_config, torch.bfloat16):
+        print(f"reusing {args.dir}", flush=True)
+    else:
+        t0 = time.perf_counter()
+        print(f"writing a random {args.shape} checkpoint (bf16) into {args.dir} ...", flush=True)
+        write_random_checkpoint(args.dir, hf_config)
+        print(f"written in {time.perf_counter() - t0:.0f} s", flush=True)
+    size = sum(f.stat().st_size for f in Path(args.dir).glob("*.safetensors"))
+    results = dict(shape=args.shape, checkpoint_bytes=size, settings={k: str(v) for k, v in vars(args).items()},
+                   versions=dict(torch=torch.__version__, transformers=transformers.__version__), sides={})
+    for side in ("ours", "hf"):
+        cmd = [sys.executable, __file__, "--load-child", side, "--model", str(args.dir), "--device", str(args.device),
+               "--dtype", args.dtype, "--threads", str(args.threads), "--seed", str(args.seed),
+               "--prompt-len", str(args.prompt_len)]
+        if args.memory_limit_gb:
+            cmd += ["--memory-limit-gb", str(args.memory_limit_gb)]
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        lines = done.stdout.strip().splitlines()
+        results["sides"][side] = (json.loads(lines[-1]) if done.returncode == 0 and lines else
+                                  dict(error=f"exit code {done.returncode} (killed? out of memory?)"))
+        print(f"{side}: {results['sides'][side]}", flush=True)
+    print_shape_table(results, args)
+    write_json(args.out, results)
+
+
+def print_shape_table(results: dict, args):
+    gib, sides = 2 ** -30, results["sides"]
+    print(f"\n{args.shape}, random weights, {results['checkpoint_bytes'] / 1e9:.2f} GB of {args.dtype} shards; "
+          f"{args.device}, {args.threads} threads, {args.dtype} weights\n")
+    rows = [("load s", "load_s", 1), ("peak RSS during load, above interpreter, GiB", "load_rss", gib),
+            ("RSS after load, above interpreter, GiB", "loaded_rss", gib),
+            (f"first forward 1x{args.prompt_len} s", "forward_first_s", 1),
+            (f"second forward 1x{args.prompt_len} s", "forward_s", 1),
+            ("peak RSS incl. forwards, above interpreter, GiB", "peak_rss", gib)]
+    derived = {}
+    for side, r in sides.items():
+        above = {new: r[old] - r["rss_base"] for new, old in
+                 (("load_rss", "rss_peak_load"), ("loaded_rss", "rss_loaded"), ("peak_rss", "rss_peak")) if old in r}
+        derived[side] = {**r, **above}
+    print("| metric | ours | transformers |\n|---|---|---|")
+    for label, key, scale in rows:
+        cells = [f"{derived[s][key] * scale:.3g}" if key in derived[s] else "n/a" for s in ("ours", "hf")]
+        print(f"| {label} | {cells[0]} | {cells[1]} |")
+    for side in ("ours", "hf"):
+        if "error" in sides[side]:
+            print(f"{side}: {sides[side]['error']}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -295,21 +409,37 @@ def main(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=str, default=None, help=f"HF model directory (default: {DEFAULT_MODEL_DIR.name})")
     p.add_argument("--device", type=torch.device, default=torch.device("cpu"))
-    p.add_argument("--dtype", choices=DTYPES, default="fp32")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="weights and activations (default fp32; bf16 with --shape)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for both sides")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per side (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--lora-repeats", type=int, default=3, help="timed LoRA steps per side, after one warm-up step")
-    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default 128; 16 with --shape)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="one timed run each, short decode: a smoke test")
-    p.add_argument("--out", default="bench.json")
+    p.add_argument("--out", default=None, help="results JSON (default bench.json; bench-SHAPE.json with --shape)")
+    p.add_argument("--shape", choices=SHAPES, default=None,
+                   help="instead of the default model: write (or reuse) a random bf16 checkpoint of this real shape "
+                        "in --dir, then load time, peak RSS and one forward of a short prompt, ours vs transformers, "
+                        "each side in its own process (CPU: bf16 weights)")
+    p.add_argument("--dir", type=Path, default=None, help="with --shape: where the checkpoint is written (16 GB)")
+    p.add_argument("--memory-limit-gb", type=float, default=None,
+                   help="with --shape: cap each side's private memory (RLIMIT_DATA); beyond it the side reports an "
+                        "error instead of waking the OOM killer")
     p.add_argument("--lora-child", choices=("ours", "hf"), help=argparse.SUPPRESS)  # internal: one side's LoRA step
+    p.add_argument("--load-child", choices=("ours", "hf"), help=argparse.SUPPRESS)  # internal: one side's load
     args = p.parse_args(argv)
+    if args.shape and args.dir is None:
+        p.error("--shape needs --dir (where the random checkpoint is written or reused)")
+    real_shape = args.shape or args.load_child
+    args.dtype = args.dtype or ("bf16" if real_shape else "fp32")
+    args.prompt_len = args.prompt_len or (16 if real_shape else 128)
+    args.out = args.out or (f"bench-{args.shape}.json" if args.shape else "bench.json")
     if args.quick:
         args.repeats, args.lora_repeats, args.new_tokens = 1, 1, 16
     args.torch_dtype = DTYPES[args.dtype]
@@ -320,8 +450,13 @@ def parse_args(argv=None):
 
 if __name__ == "__main__":
     args = parse_args()
-    args.model = ensure_model(args.model)
-    if args.lora_child:
-        print(json.dumps(lora_step_child(args)))
+    if args.load_child:
+        print(json.dumps(load_child(args)))
+    elif args.shape:
+        shape_bench(args)
     else:
-        main(args)
+        args.model = ensure_model(args.model)
+        if args.lora_child:
+            print(json.dumps(lora_step_child(args)))
+        else:
+            main(args)

@@ -1,199 +1,83 @@
-"""Evaluation (SPEC 4.9): one prompt format per task family, one multiple-choice scorer, one generation path,
-pure answer checkers, and a sandbox that runs generated code in a separate, limited process.
+"""Evaluation (METHOD.md section 6): one multiple-choice scorer, one generation path, gold bits per byte.
 
-    python evaluate.py [--model DIR] [--adapter DIR] [--benchmarks a,b] [--limit N] [--shots K]
-                       [--mc-format letter|cloze] [--chat auto|off] [--out DIR]
+    python evaluate.py [--model DIR] [--adapter DIR] [--benchmarks a,b] [--limit N] [--metrics acc,bpb] [--out DIR]
 
 Multiple choice ("Question: ...\\nA. ..\\nB. ..\\nAnswer:") is read from the next-token log-probs of " A", " B", ...
 (`--mc-format letter`), or as the log-likelihood of each answer text after "Question: ...\\nAnswer:" divided by its
-length in characters (`--mc-format cloze`, OLMES' acc_per_char). MC prompts are raw text for every model (the
-readout after "Answer:" is defined on raw text, as in lm-eval/OLMES); math and grade-school math use the
-checkpoint's chat template when it has one (`--chat auto`, the default; `--chat off` uses raw text everywhere);
-HumanEval is always a raw code completion. Every score carries n and a 95% Wilson interval.
+length in characters (`--mc-format cloze`, OLMES' acc_per_char). Math and grade-school math are generated under the
+checkpoint's chat template when it has one (`--chat auto`) and checked by answers.py; HumanEval is a raw code
+completion (`--code-format completion`) or a chat request whose code block is extracted (`chat`), run in the
+sandbox (sandbox.py). `--metrics bpb` scores the gold answer's bits per byte after the same prompt: no
+generation, a continuous per-item measure that tells adapters apart where accuracy is at chance.
+Prompt formats and the chat rule live in tasks.py; intervals and paired tests in stats.py.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 import math
-import os
 import random
-import re
-import secrets
-import shutil
-import signal
-import subprocess
-import sys
 import time
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from data import BENCHMARKS, BenchmarkUnavailable, extracted, load_benchmark, write_jsonl
+import report
+from answers import compare_math, compare_number, extract_boxed, extract_number, math_equal  # noqa: F401 (SPEC 5)
+from cli import Parser, add_options, comma_list, from_args, option, run
+from data import BenchmarkUnavailable, extracted, load_benchmark
+from files import RUNS_DIR, UserError, claim_output, write_json, write_jsonl
 from lora import load_adapter
-from model import Tokenizer, Transformer, generate, right_pad
-from prepare import RUNS_DIR, ensure_model, write_atomic
+from model import Tokenizer, Transformer, default_device, generate, resolve_dtype, right_pad, sequence_nll
+from prepare import ensure_model
+from sandbox import SANDBOX_WORKERS, check_program, run_program  # noqa: F401 (SPEC 5: importable from here)
+from stats import mean_interval, wilson_interval
+from tasks import (BENCHMARKS, CHAT_MODES, CODE_FORMATS, FAMILIES, LETTERS, MC_FORMATS, STAND_INS, TASKS,
+                   code_chat_prompt, encode_prompt, extract_code, format_prompt, gold_text, mc_request, uses_chat)
 
-LETTERS = "ABCDEFGHIJ"
-MC_FORMATS = ("letter", "cloze")
-CHAT_MODES = ("auto", "off")
-MATH_INSTRUCTION = "Think step by step and put the final answer in \\boxed{}."
-GSM_INSTRUCTION = 'Think step by step and end with "The answer is N."'
-CODE_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ", "\n```")
-GEN_CHUNK = 64  # new tokens per generate() call; between calls finished sequences (stop string seen) leave
+METRICS = ("acc", "bpb")
 
 
 @dataclass(frozen=True)
-class Family:
-    metric: str
-    chat: bool  # wrap the prompt in the checkpoint's chat template when it has one (and --chat auto)
-    stops: tuple[str, ...] = ()  # the decoded text is cut at the first of these
-    max_new_tokens: int = 0
+class EvalOptions:
+    benchmarks: tuple[str, ...] = option(BENCHMARKS, "benchmarks to run", type=comma_list(BENCHMARKS))
+    limit: int | None = option(None, "items per benchmark: a fixed subset drawn with --seed (0 or none: all)", type=int)
+    shots: int = option(0, "MC examples from MMLU dev (0-5)")
+    mc_format: str = option("letter", "multiple choice read from answer letters or answer texts", MC_FORMATS)
+    chat: str = option("auto", "chat template where a family uses it (math, gsm) and the checkpoint has one",
+                       CHAT_MODES)
+    code_format: str = option("completion", "HumanEval as a raw completion, or a chat request for the whole "
+                              "function", CODE_FORMATS)
+    metrics: tuple[str, ...] = option(METRICS, "accuracy and/or gold bits per byte", type=comma_list(METRICS))
+    max_new_tokens: int | None = option(None, "new tokens per answer (default: per family: math 512, gsm 320, "
+                                              "code 384)", type=int)
+    timeout: float = option(10.0, "seconds per HumanEval program in the sandbox")
+    gpqa_csv: str | None = option(None, "the official GPQA csv (not obtainable offline)", type=str)
+    mgsm_dir: str | None = option(None, "the official MGSM tsv files, one per language", type=str)
+    seed: int = 0  # the caller's --seed: which items a --limit draws
 
+    def __post_init__(self):
+        checks = [(self.limit is None or self.limit >= 0, f"--limit {self.limit}: give a positive number of items"),
+                  (0 <= self.shots <= 5, f"--shots {self.shots}: MMLU dev has 5 examples per subject, give 0-5"),
+                  (self.max_new_tokens is None or self.max_new_tokens > 0,
+                   f"--max-new-tokens {self.max_new_tokens}: give a positive number"),
+                  (self.timeout > 0, f"--timeout {self.timeout}: give a positive number of seconds")]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        if self.limit == 0:
+            object.__setattr__(self, "limit", None)
 
-FAMILIES = {
-    "mc": Family("argmax log-prob over the choices", chat=False),
-    "math": Family("normalised exact match of the last \\boxed{}", True, ("\nProblem:",), 512),
-    "gsm": Family("stated (else last) number equals the gold number", True, ("\nQuestion:",), 320),
-    "code": Family("pass@1: unit tests run to completion in the sandbox", False, CODE_STOPS, 384),
-}
-TASKS = {"mmlu": "mc", "arc_challenge": "mc", "gpqa": "mc", "math500": "math", "mgsm_en": "gsm", "mgsm": "gsm",
-         "humaneval": "code"}
-assert tuple(TASKS) == BENCHMARKS, "data.BENCHMARKS and evaluate.TASKS must name the same benchmarks"
-DEFAULT_BENCHMARKS = BENCHMARKS  # gpqa / mgsm show as "not run (why)" without the user's files
-STAND_INS = {"mgsm_en": "offline stand-in for MGSM: GSM8K test 0-249, English",
-             "humaneval": "offline stand-in for HumanEval+: base tests"}
-
-SANDBOX_MEMORY_BYTES = 2 << 30  # address space
-SANDBOX_FILE_BYTES = 16 << 20  # largest file the program may write (stderr included)
-SANDBOX_PROCESSES = 64  # RLIMIT_NPROC (not enforced for root; the refused fork/spawn functions still are)
-SANDBOX_WORKERS = max(1, min(8, os.cpu_count() or 1))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Prompt formats: one per family, used by evaluation and by the training mixture (data.py)
-
-def mc_prompt(question: str, choices: list[str]) -> str:
-    return "\n".join([f"Question: {question}", *(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)), "Answer:"])
-
-
-def format_prompt(family: str, item: dict) -> str:
-    if family == "mc":
-        return mc_prompt(item["question"], item["choices"])
-    if family == "math":
-        return f"Problem:\n{item['question']}\n{MATH_INSTRUCTION}\n\nSolution:"
-    if family == "gsm":
-        return f"Question: {item['question']}\n{GSM_INSTRUCTION}\nAnswer:"
-    if family == "code":
-        return item["prompt"]
-    raise ValueError(f"unknown task family {family!r}; valid: {', '.join(FAMILIES)}")
-
-
-def mc_request(item: dict, mc_format: str, shots: list[dict]) -> tuple[str, list[str]]:
-    """(context, continuations): the letters after the lettered prompt, or the answer texts after a cloze prompt."""
-    if mc_format == "letter":
-        shown = lambda x: mc_prompt(x["question"], x["choices"])
-        answers = lambda x: [f" {LETTERS[i]}" for i in range(len(x["choices"]))]
-    else:
-        shown = lambda x: f"Question: {x['question']}\nAnswer:"
-        answers = lambda x: [f" {c}" for c in x["choices"]]
-    prefix = "".join(f"{shown(s)}{answers(s)[s['answer']]}\n\n" for s in shots)
-    return prefix + shown(item), answers(item)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Answer checkers and statistics (pure functions)
-
-def extract_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}), nested braces included; None if absent or unclosed."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    rest = text[start + (6 if text.startswith("\\boxed", start) else 5):]
-    if not rest.lstrip().startswith("{"):  # "\boxed 5"
-        match = re.match(r"\s+([^\s$]+)", rest)
-        return match.group(1) if match else None
-    rest, depth = rest.lstrip(), 0
-    for i, ch in enumerate(rest):
-        depth += {"{": 1, "}": -1}.get(ch, 0)
-        if depth == 0:
-            return rest[1:i]
-    return None
-
-
-def normalize_math(s: str) -> str:
-    """A canonical string for a final answer: LaTeX spacing, units, degrees, dollars and "x =" removed."""
-    s = s.strip().strip("$").replace("\\$", "").replace("$", "")
-    s = re.sub(r"\\(left|right)(?![a-zA-Z])", "", s)
-    s = re.sub(r"\\[!,;: ]|~", "", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = re.sub(r"\^\s*\{?\\circ\}?|°|\\degree|\s*degrees?$", "", s)
-    s = re.sub(r",?\s*\\text\s*\{\s*and\s*\}\s*", ",", s)  # "1, 2, \text{ and } 3"
-    s = re.sub(r"(.)\s*\\(?:text|mbox|mathrm)\s*\{[^{}]*\}(\^\{?\d\}?)?$", r"\1", s)  # trailing unit: 5\text{ cm}^2
-    s = re.sub(r"\\(?:text|textbf|mbox|mathrm)\s*\{([^{}]*)\}", r"\1", s)
-    s = s.replace("\\%", "").replace("%", "").replace("{,}", ",")  # 8{,}880
-    s = re.sub(r"^[a-zA-Z]\s*=\s*(?=.)", "", s)  # "x = 5" -> "5"
-    s = re.sub(r"\s+", "", s).rstrip(".")
-    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)  # \frac12 -> \frac{1}{2}
-    s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
-    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):  # thousands separators, not a tuple
-        s = s.replace(",", "")
-    return s
-
-
-def to_number(s: str) -> float | None:
-    """The value of a normalised answer that is a plain number or a simple fraction, else None."""
-    if re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)", s):
-        return float(s)
-    m = re.fullmatch(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}", s) or re.fullmatch(r"(-?)(-?\d+)/(-?\d+)", s)
-    if m and int(m.group(3)) != 0:
-        return (-1 if m.group(1) else 1) * int(m.group(2)) / int(m.group(3))
-    return None
-
-
-def math_equal(pred: str, gold: str) -> bool:
-    a, b = normalize_math(pred), normalize_math(gold)
-    if a == b:
-        return True
-    x, y = to_number(a), to_number(b)
-    return x is not None and y is not None and math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9)
-
-
-NUMBER = r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])-?\.\d+"
-
-
-def extract_number(text: str) -> str | None:
-    """The number after the last "The answer is", else the last number in the text; commas dropped."""
-    stated = list(re.finditer(r"answer is", text, flags=re.IGNORECASE))
-    found = re.findall(NUMBER, text[stated[-1].end():].split("\n")[0]) if stated else []
-    found = found[:1] or re.findall(NUMBER, text)[-1:]
-    return found[0].replace(",", "") if found else None
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% (z = 1.96) Wilson score interval for k successes in n trials."""
-    if n == 0:
-        return (0.0, 1.0)
-    p, zz = k / n, z * z
-    center = (p + zz / (2 * n)) / (1 + zz / n)
-    half = z * math.sqrt(p * (1 - p) / n + zz / (4 * n * n)) / (1 + zz / n)
-    return (max(0.0, center - half), min(1.0, center + half))
-
-
-def mcnemar_exact(a: dict[str, bool], b: dict[str, bool]) -> tuple[int, int, float]:
-    """Exact McNemar test on the items both runs scored -> (only a correct, only b correct, two-sided p)."""
-    from scipy.stats import binomtest
-
-    both = a.keys() & b.keys()
-    only_a = sum(1 for i in both if a[i] and not b[i])
-    only_b = sum(1 for i in both if b[i] and not a[i])
-    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    return only_a, only_b, float(p)
+    def check_user_data(self) -> None:
+        """Read the user's GPQA / MGSM files now, so a bad file stops the run before any expensive work."""
+        for name in set(self.benchmarks) & {"gpqa", "mgsm"}:
+            try:
+                load_benchmark(name, gpqa_csv=self.gpqa_csv, mgsm_dir=self.mgsm_dir)
+            except BenchmarkUnavailable:
+                pass  # no file given: reported as "not run"
 
 
 def fixed_subset(items: list[dict], limit: int | None, seed: int) -> list[dict]:
@@ -209,119 +93,7 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The sandbox: untrusted code in `python -I`, in a fresh directory, with rlimits and destructive functions refused.
-# The harness prints a random nonce only after the whole program (tests included) has run, so a program that exits
-# early (exit(0), sys.exit, os._exit) fails. This guards against accidents, not against an adversary.
-
-SANDBOX_HARNESS = r'''
-import builtins, io, os, resource, shutil, subprocess, sys, _posixsubprocess
-
-def refuse(name):
-    def refused(*args, **kwargs):
-        raise PermissionError(f"{name} is disabled in the sandbox")
-    return refused
-
-def disable_destructive_functions(sandbox):
-    inside = lambda p: isinstance(p, int) or os.fsdecode(os.path.realpath(p)).startswith(sandbox + os.sep)
-    real_open, real_os_open, real_mkdir = io.open, os.open, os.mkdir
-    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-    def guarded_open(file, mode="r", *args, **kwargs):
-        if set(mode) & set("wax+") and not inside(file):
-            raise PermissionError(f"writing {file!r} outside the sandbox directory is disabled")
-        return real_open(file, mode, *args, **kwargs)
-    def guarded_os_open(path, flags, *args, **kwargs):
-        if flags & writes and not inside(path):
-            raise PermissionError(f"writing {path!r} outside the sandbox directory is disabled")
-        return real_os_open(path, flags, *args, **kwargs)
-    def guarded_mkdir(path, *args, **kwargs):
-        if not inside(path):
-            raise PermissionError(f"creating {path!r} outside the sandbox directory is disabled")
-        return real_mkdir(path, *args, **kwargs)
-    builtins.open = io.open = guarded_open
-    os.open, os.mkdir = guarded_os_open, guarded_mkdir
-    for name in ("kill", "killpg", "system", "popen", "fork", "forkpty", "posix_spawn", "posix_spawnp",
-                 "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe",
-                 "execl", "execle", "execlp", "execlpe", "execv", "execve", "execvp", "execvpe",
-                 "remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "truncate", "link",
-                 "symlink", "chmod", "fchmod", "lchmod", "chown", "fchown", "lchown", "chroot", "chdir", "fchdir",
-                 "setuid", "seteuid", "setgid", "setsid", "mkfifo", "mknod"):
-        if hasattr(os, name):
-            setattr(os, name, refuse(f"os.{name}"))
-    for name in ("rmtree", "move", "chown"):
-        setattr(shutil, name, refuse(f"shutil.{name}"))
-    subprocess.Popen = refuse("subprocess.Popen")
-    _posixsubprocess.fork_exec = refuse("_posixsubprocess.fork_exec")
-    for name in ("ctypes", "resource"):
-        sys.modules[name] = None
-
-def main(nonce, program, memory, cpu_seconds, file_bytes, processes):
-    for what, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_CPU, cpu_seconds),
-                        (resource.RLIMIT_FSIZE, file_bytes), (resource.RLIMIT_NPROC, processes)):
-        resource.setrlimit(what, (int(value), int(value)))
-    with open(program, encoding="utf-8") as f:
-        code = compile(f.read(), program, "exec")
-    report = os.dup(1)  # only the harness writes here; the program's stdout goes to /dev/null
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-    sys.argv = [program]
-    disable_destructive_functions(os.path.realpath(os.getcwd()))
-    exec(code, {"__name__": "__sandbox__"})
-    os.write(report, nonce.encode())
-
-main(*sys.argv[1:])
-'''
-
-
-def run_program(program: str, timeout: float = 10.0) -> tuple[bool, str]:
-    """Run untrusted code in the sandbox -> (passed, what happened). Passed = exit code 0 and the nonce printed."""
-    nonce = secrets.token_hex(16)
-    workdir = Path(tempfile.mkdtemp(prefix="sandbox-")).resolve()
-    env = {"PATH": os.defpath, "HOME": str(workdir), "TMPDIR": str(workdir), "LC_ALL": "C.UTF-8",
-           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-I", "-c", SANDBOX_HARNESS, nonce, "program.py", str(SANDBOX_MEMORY_BYTES),
-           str(math.ceil(timeout) + 1), str(SANDBOX_FILE_BYTES), str(SANDBOX_PROCESSES)]
-    try:
-        (workdir / "program.py").write_text(program, encoding="utf-8")
-        with open(workdir / "stderr.txt", "wb") as err:
-            proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=err, start_new_session=True)
-            try:
-                out, _ = proc.communicate(timeout=timeout)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            try:  # the whole process group: the program and anything it managed to start
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # the group has already exited
-            if timed_out:
-                proc.communicate()
-                return False, f"timed out after {timeout:g}s"
-        if proc.returncode == 0 and nonce.encode() in out:
-            return True, "passed"
-        lines = (workdir / "stderr.txt").read_text(errors="replace").strip().splitlines()
-        reason = lines[-1][:300] if lines else ""
-        if proc.returncode == 0:
-            return False, f"exited before the tests finished {reason}".strip()
-        return False, f"failed (exit code {proc.returncode}) {reason}".strip()
-    finally:
-        shutil.rmtree(workdir)
-
-
-def check_program(program: str, timeout: float = 10.0) -> bool:
-    return run_program(program, timeout)[0]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Model-facing: one log-likelihood scorer for multiple choice, one generation path for everything else
-
-def uses_chat(tok: Tokenizer, family: str, chat: str = "auto") -> bool:
-    """Whether a family's prompts go through the chat template: its format says so and the checkpoint has one."""
-    return chat == "auto" and FAMILIES[family].chat and tok.chat_template is not None
-
-
-def encode_prompt(tok: Tokenizer, text: str, chat: bool) -> list[int]:
-    return tok.encode_chat([{"role": "user", "content": text}]) if chat else tok.encode(text)
-
+# Multiple choice: log-likelihoods of the continuations
 
 @torch.inference_mode()
 def loglikelihoods(model: Transformer, requests: list[tuple[list[int], list[list[int]]]], batch_size: int = 8,
@@ -354,21 +126,27 @@ def loglikelihoods(model: Transformer, requests: list[tuple[list[int], list[list
     return out
 
 
-def score_mc(model, tok: Tokenizer, items: list[dict], mc_format: str = "letter", shots: int = 0,
-             batch_size: int = 8, desc: str = "") -> list[dict]:
-    """Per-item records of multiple-choice scoring (--mc-format letter: log-prob; cloze: log-prob per character)."""
-    dev = extracted("mmlu_dev")  # 5 per subject; non-MMLU items take a fixed draw from all subjects
-    fallback = random.Random(0).sample(dev, shots)
+def mc_shots(item: dict, shots: int) -> list[dict]:
+    """MMLU dev examples of the item's subject; items without one take a fixed draw from every subject."""
+    if not shots:
+        return []
+    dev = extracted("mmlu_dev")
+    same_subject = [d for d in dev if d["subject"] == item.get("subject")][:shots]
+    return same_subject if len(same_subject) == shots else random.Random(0).sample(dev, shots)
+
+
+def score_mc(model, tok: Tokenizer, items: list[dict], opts: EvalOptions, batch_size: int,
+             desc: str = "") -> list[dict]:
+    """Per-item records of multiple-choice scoring (letter: log-prob; cloze: log-prob per character)."""
     requests, texts = [], []
     for x in items:
-        same_subject = [d for d in dev if d["subject"] == x.get("subject")][:shots]
-        context, conts = mc_request(x, mc_format, same_subject if len(same_subject) == shots else fallback)
+        context, conts = mc_request(x, opts.mc_format, mc_shots(x, opts.shots))
         requests.append((tok.encode(context), [tok.encode(c, bos=False) for c in conts]))
         texts.append(conts)
     scores = loglikelihoods(model, requests, batch_size, desc)
     records = []
     for x, s, conts in zip(items, scores, texts):
-        if mc_format == "cloze":
+        if opts.mc_format == "cloze":
             s = [v / len(c) for v, c in zip(s, conts)]
         pred = max(range(len(s)), key=s.__getitem__)
         records.append(dict(id=x["id"], prediction=LETTERS[pred], gold=LETTERS[x["answer"]],
@@ -376,160 +154,215 @@ def score_mc(model, tok: Tokenizer, items: list[dict], mc_format: str = "letter"
     return records
 
 
-def generate_until(model, tok: Tokenizer, prompts: list[list[int]], stops: tuple[str, ...], max_new_tokens: int,
+# ----------------------------------------------------------------------------------------------------------------
+# Generation: one cached greedy loop per batch, finished rows leave it
+
+def generate_until(model, tok: Tokenizer, prompts: list[list[int]], finished, max_new_tokens: int,
                    batch_size: int = 8, desc: str = "") -> list[str]:
-    """Greedy continuations, cut at the first stop string; EOS ends a sequence too (model.generate)."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    new = [[] for _ in prompts]
+    """Greedy continuations, each ending at EOS or once `finished(text so far)` holds (the caller cuts it)."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
+    outputs = [""] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, leave=False, dynamic_ncols=True)
     for start in range(0, len(order), batch_size):
-        active = order[start:start + batch_size]
-        while active:  # every active sequence has generated the same number of tokens so far
-            step = min(GEN_CHUNK, max_new_tokens - len(new[active[0]]))
-            outs = generate(model, [prompts[i] + new[i] for i in active], max_new_tokens=step, stop_ids=tok.eos_ids)
-            still = []
-            for i, o in zip(active, outs):
-                new[i] += o
-                text = tok.decode(new[i])
-                if len(o) == step and len(new[i]) < max_new_tokens and not any(s in text for s in stops):
-                    still.append(i)
-            active = still
-        bar.update(len(order[start:start + batch_size]))
+        batch = order[start:start + batch_size]
+        new = generate(model, [prompts[i] for i in batch], max_new_tokens, tok.eos_ids,
+                       stop=lambda i, ids: finished(tok.decode(ids)),
+                       on_step=lambda active: bar.set_postfix(generating=active, refresh=True))
+        for i, ids in zip(batch, new):
+            outputs[i] = tok.decode(ids)
+        bar.update(len(batch))
     bar.close()
-    return [cut_at_stop(tok.decode(ids), stops) for ids in new]
+    return outputs
 
 
-def grade(family: str, items: list[dict], outputs: list[str], timeout: float = 10.0) -> list[dict]:
-    """Per-item records for generated outputs: the extracted answer (or the sandbox's verdict) and correctness."""
+def generation_prompt(tok: Tokenizer, family: str, item: dict, opts: EvalOptions) -> list[int]:
+    if family == "code" and opts.code_format == "chat" and tok.chat_template is not None:
+        return encode_prompt(tok, code_chat_prompt(item), True)
+    return encode_prompt(tok, format_prompt(family, item), uses_chat(tok, family, opts.chat))
+
+
+def grade(family: str, items: list[dict], outputs: list[str], opts: EvalOptions, chat_code: bool) -> list[dict]:
+    """Per-item records for generated outputs: what was compared (or the sandbox's verdict) and correctness."""
     if family == "code":
-        programs = [f"{x['prompt']}{out}\n\n{x['test']}\ncheck({x['entry_point']})\n" for x, out in zip(items, outputs)]
+        programs = [(extract_code(out, x) if chat_code else f"{x['prompt']}{out}")
+                    + f"\n\n{x['test']}\ncheck({x['entry_point']})\n" for x, out in zip(items, outputs)]
         with ThreadPoolExecutor(SANDBOX_WORKERS) as pool:
-            verdicts = list(pool.map(lambda p: run_program(p, timeout), programs))
+            verdicts = list(pool.map(lambda p: run_program(p, opts.timeout), programs))
         return [dict(id=x["id"], prediction=why, gold="passed", correct=ok, output=out)
                 for x, out, (ok, why) in zip(items, outputs, verdicts)]
     records = []
     for x, out in zip(items, outputs):
         pred = extract_boxed(out) if family == "math" else extract_number(out)
-        records.append(dict(id=x["id"], prediction=pred, gold=x["answer"],
-                            correct=pred is not None and math_equal(pred, x["answer"]), output=out))
+        compared = compare_math(pred, x["answer"]) if family == "math" else compare_number(pred, x["answer"])
+        records.append(dict(id=x["id"], prediction=pred, gold=x["answer"], correct=compared["equal"],
+                            compared=compared, output=out))
     return records
 
 
-def summarize(name: str, items: list[dict], records: list[dict]) -> dict:
-    k, n = sum(r["correct"] for r in records), len(records)
-    family = TASKS[name]
-    result = dict(accuracy=k / n if n else 0.0, n=n, ci95=list(wilson_interval(k, n)), metric=FAMILIES[family].metric)
-    if family == "mc":  # uniform guessing; ARC has some 3- and 5-choice items
-        result["chance"] = sum(1 / len(x["choices"]) for x in items) / max(1, n)
+# ----------------------------------------------------------------------------------------------------------------
+# Gold bits per byte: the gold answer's likelihood after the benchmark's own prompt
+
+def bpb_request(tok: Tokenizer, name: str, item: dict, opts: EvalOptions) -> tuple[str, str, list[int], list[int]]:
+    """(context text, gold text, context ids, gold ids). The gold is encoded on its own, so its tokens decode to
+    exactly its bytes whatever BPE would have merged across the boundary."""
+    family, gold = TASKS[name], gold_text(name, item)
+    if family == "mc":
+        context, _ = mc_request(item, "cloze", mc_shots(item, opts.shots))
+        ids = tok.encode(context)
+    else:
+        text = format_prompt(family, item)
+        chat = uses_chat(tok, family, opts.chat)
+        context = tok.apply_chat_template([{"role": "user", "content": text}]) if chat else text
+        ids = encode_prompt(tok, text, chat)
+    return context, gold, ids, tok.encode(gold, bos=False)
+
+
+@torch.inference_mode()
+def score_bpb(model, tok: Tokenizer, name: str, items: list[dict], opts: EvalOptions, batch_size: int,
+              desc: str = "") -> list[dict]:
+    """Per item: the gold completion's NLL (nats), its UTF-8 bytes, bpb = nll / (ln 2 * bytes), and the texts."""
+    requests = [bpb_request(tok, name, x, opts) for x in items]
+    order = sorted(range(len(items)), key=lambda i: -len(requests[i][2]) - len(requests[i][3]))
+    nll = [0.0] * len(items)
+    device = model.embed_tokens.weight.device
+    for start in tqdm(range(0, len(order), batch_size), desc=f"{desc} (bpb)", leave=False, dynamic_ncols=True):
+        batch = order[start:start + batch_size]
+        tokens = right_pad([requests[i][2] + requests[i][3] for i in batch], tok.pad_id)
+        mask = right_pad([[False] * len(requests[i][2]) + [True] * len(requests[i][3]) for i in batch], False,
+                         torch.bool)
+        total, _ = sequence_nll(model, tokens.to(device), mask.to(device))
+        for i, v in zip(batch, total.tolist()):
+            nll[i] = v
+    out = []
+    for x, (context, gold, _, _), v in zip(items, requests, nll):
+        n_bytes = len(gold.encode("utf-8"))
+        out.append(dict(id=x["id"], bpb=v / (math.log(2) * n_bytes), nll=v, n_bytes=n_bytes, context=context,
+                        gold_text=gold))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One benchmark, all benchmarks
+
+def summarize(name: str, items: list[dict], records: list[dict], metrics: tuple[str, ...]) -> dict:
+    n, family = len(records), TASKS[name]
+    result = {"n": n, "metric": FAMILIES[family].metric}
+    if "acc" in metrics:
+        k = sum(r["correct"] for r in records)
+        result |= dict(accuracy=k / n if n else 0.0, ci95=list(wilson_interval(k, n)))
+        if family == "mc":  # uniform guessing; ARC has some 3- and 5-choice items
+            result["chance"] = sum(1 / len(x["choices"]) for x in items) / max(1, n)
+            letters = [r["prediction"] for r in records]
+            top = max(set(letters), key=letters.count) if letters else None
+            result["most_common_answer"] = {"letter": top, "share": letters.count(top) / max(1, n)}
+    if "bpb" in metrics:
+        result["bpb"] = mean_interval([r["bpb"] for r in records])
     if name in STAND_INS:
         result["note"] = STAND_INS[name]
     return result
 
 
-def evaluate_model(model, tok: Tokenizer, benchmarks=DEFAULT_BENCHMARKS, limit: int | None = None, seed: int = 0,
-                   out_dir: str | Path | None = None, shots: int = 0, mc_format: str = "letter",
-                   max_new_tokens: int | None = None, batch_size: int | None = None, chat: str = "auto",
-                   gpqa_csv=None, mgsm_dir=None, timeout: float = 10.0) -> dict[str, dict]:
-    """Score `model` on each benchmark -> {name: {accuracy, n, ci95, ...} or {status: "not run", why}}.
+def evaluate_benchmark(model, tok: Tokenizer, name: str, items: list[dict], opts: EvalOptions,
+                       batch_size: int) -> list[dict]:
+    """Per-item records of one benchmark: accuracy fields and/or bpb fields, merged by item."""
+    family = TASKS[name]
+    records = [{"id": x["id"]} for x in items]
+    if "acc" in opts.metrics:
+        if family == "mc":
+            acc = score_mc(model, tok, items, opts, batch_size, desc=name)
+        else:
+            chat_code = family == "code" and opts.code_format == "chat" and tok.chat_template is not None
+            stops = FAMILIES[family].stops
+            # A chat answer is complete when its code block closes; a completion at the family's first stop string.
+            finished = (lambda text: text.count("```") >= 2) if chat_code else \
+                (lambda text: any(s in text for s in stops))
+            prompts = [generation_prompt(tok, family, x, opts) for x in items]
+            outputs = generate_until(model, tok, prompts, finished,
+                                     opts.max_new_tokens or FAMILIES[family].max_new_tokens, batch_size, desc=name)
+            outputs = outputs if chat_code else [cut_at_stop(o, stops) for o in outputs]
+            acc = grade(family, items, outputs, opts, chat_code)
+        records = [r | a for r, a in zip(records, acc)]
+    if "bpb" in opts.metrics:
+        records = [r | b for r, b in zip(records, score_bpb(model, tok, name, items, opts, batch_size, desc=name))]
+    return records
 
-    Writes <out_dir>/predictions/<name>.jsonl (id, prediction, gold, correct, and the output for generation).
+
+def evaluate_model(model, tok: Tokenizer, opts: EvalOptions, out_dir: str | Path | None = None,
+                   batch_size: int = 8) -> dict[str, dict]:
+    """Score `model` on each benchmark -> {name: {accuracy, n, ci95, bpb, ...} or {status: "not run", why}}.
+
+    Writes <out_dir>/predictions/<name>.jsonl, one record per item.
     """
-    if mc_format not in MC_FORMATS or chat not in CHAT_MODES or not 0 <= shots <= 5:
-        raise ValueError(f"mc_format in {MC_FORMATS}, chat in {CHAT_MODES}, shots in 0..5 (MMLU dev has 5 per "
-                         f"subject); got {mc_format!r}, {chat!r}, {shots}")
-    batch_size = batch_size or 8
     model.eval()
     results = {}
-    for name in benchmarks:
+    for name in opts.benchmarks:
         try:
-            items = fixed_subset(load_benchmark(name, gpqa_csv=gpqa_csv, mgsm_dir=mgsm_dir), limit, seed)
+            items = fixed_subset(load_benchmark(name, gpqa_csv=opts.gpqa_csv, mgsm_dir=opts.mgsm_dir), opts.limit,
+                                 opts.seed)
         except BenchmarkUnavailable as e:
             results[name] = {"status": "not run", "why": str(e)}
             print(f"{name}: not run ({e})")
             continue
-        family, t0 = TASKS[name], time.time()
-        if family == "mc":
-            records = score_mc(model, tok, items, mc_format, shots, batch_size, desc=name)
-        else:
-            prompts = [encode_prompt(tok, format_prompt(family, x), uses_chat(tok, family, chat)) for x in items]
-            outputs = generate_until(model, tok, prompts, FAMILIES[family].stops,
-                                     max_new_tokens or FAMILIES[family].max_new_tokens, batch_size, desc=name)
-            records = grade(family, items, outputs, timeout)
+        t0 = time.time()
+        records = evaluate_benchmark(model, tok, name, items, opts, batch_size)
         if out_dir is not None:
             (Path(out_dir) / "predictions").mkdir(parents=True, exist_ok=True)
             write_jsonl(Path(out_dir) / "predictions" / f"{name}.jsonl", records)
-        results[name] = r = summarize(name, items, records) | {"seconds": round(time.time() - t0, 1)}
-        print(f"{name}: {100 * r['accuracy']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}] n={r['n']}"
-              + (f" (chance {100 * r['chance']:.1f}%)" if "chance" in r else "") + f" in {r['seconds']:.0f} s")
+        results[name] = summarize(name, items, records, opts.metrics) | {"seconds": round(time.time() - t0, 1)}
+        print(report.benchmark_line(name, results[name]))
     return results
-
-
-def results_table(results: dict[str, dict]) -> str:
-    lines = ["| benchmark | accuracy % | 95% CI | n | chance % | seconds | note |", "|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        if "accuracy" not in r:
-            lines.append(f"| {name} | not run | | | | | {r['why']} |")
-            continue
-        chance = f"{100 * r['chance']:.1f}" if "chance" in r else ""
-        lines.append(f"| {name} | {100 * r['accuracy']:.1f} | [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}] "
-                     f"| {r['n']} | {chance} | {r.get('seconds', '')} | {r.get('note', '')} |")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Command line
 
-def benchmark_list(text: str) -> list[str]:
-    names = [b.strip() for b in text.split(",") if b.strip()]
-    unknown = [b for b in names if b not in BENCHMARKS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown benchmark(s) {unknown}; valid choices: {', '.join(BENCHMARKS)}")
-    return names
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None, help="HF model directory (default: the prepared default)")
     p.add_argument("--adapter", type=Path, default=None, help="adapter directory written by train.py")
-    p.add_argument("--benchmarks", type=benchmark_list, default=list(DEFAULT_BENCHMARKS),
-                   help=f"comma-separated, from {','.join(BENCHMARKS)}")
-    p.add_argument("--limit", type=int, default=None, help="items per benchmark: a fixed subset drawn with --seed")
-    p.add_argument("--shots", type=int, default=0, help="MC examples from MMLU dev (0-5)")
-    p.add_argument("--mc-format", choices=MC_FORMATS, default="letter")
-    p.add_argument("--chat", choices=CHAT_MODES, default="auto", help="chat template for math prompts")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: per family (math 512, gsm 320, "
-                                                                     "code 384)")
-    p.add_argument("--gpqa-csv", type=Path, default=None, help="official GPQA csv (not obtainable offline)")
-    p.add_argument("--mgsm-dir", type=Path, default=None, help="official MGSM tsv files, one per language")
-    p.add_argument("--out", type=Path, default=None, help="default: runs/eval-<model>[-<adapter>]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None,
+                   help="new or empty output directory (default: runs/eval-<model>[-<adapter path>])")
+    p.add_argument("--seed", type=int, default=0, help="which items a --limit draws")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per HumanEval program")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=default_device())
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="model weights (default: bfloat16 on CUDA, float32 elsewhere)")
+    add_options(p.add_argument_group("evaluation (METHOD.md 6)"), EvalOptions)
     return p
+
+
+def default_out(model_dir: Path, adapter: Path | None) -> Path:
+    """Unique per model and adapter path: runs/a/adapter and runs/b/adapter never share a folder."""
+    if adapter is None:
+        return RUNS_DIR / f"eval-{model_dir.name}"
+    where = hashlib.sha256(str(adapter.resolve()).encode()).hexdigest()[:8]
+    return RUNS_DIR / f"eval-{model_dir.name}-{adapter.resolve().parent.name}-{adapter.name}-{where}"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    torch.manual_seed(args.seed)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: give a positive number")
+    opts = from_args(EvalOptions, args)
+    opts.check_user_data()
     model_dir = ensure_model(args.model)
-    dtype = torch.bfloat16 if str(args.device).startswith("cuda") else torch.float32
-    model = Transformer.from_pretrained(model_dir, dtype=dtype, device=args.device)
-    tok = Tokenizer.from_pretrained(model_dir)
-    if args.adapter:
-        load_adapter(model, args.adapter)
-    out = args.out or RUNS_DIR / ("eval-" + model_dir.name + (f"-{args.adapter.name}" if args.adapter else ""))
-    results = evaluate_model(model, tok, args.benchmarks, args.limit, args.seed, out, args.shots, args.mc_format,
-                             args.max_new_tokens, args.batch_size, args.chat, args.gpqa_csv, args.mgsm_dir,
-                             args.timeout)
-    summary = {"model": str(model_dir), "adapter": str(args.adapter) if args.adapter else None,
-               "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "benchmarks": results}
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "results.json", json.dumps(summary, indent=2))
-    print(results_table(results))
+    if args.adapter is not None and not args.adapter.is_dir():
+        raise UserError(f"--adapter {args.adapter}: no such directory (give the adapter/ folder of a train.py run)")
+    out = args.out or default_out(model_dir, args.adapter)
+    config = {"model": str(model_dir), "adapter": str(args.adapter) if args.adapter else None,
+              "options": asdict(opts)}
+    with claim_output(out, config, resume=False, kind="evaluation"):
+        torch.manual_seed(args.seed)
+        model = Transformer.from_pretrained(model_dir, dtype=resolve_dtype(args.dtype, args.device),
+                                            device=args.device)
+        tok = Tokenizer.from_pretrained(model_dir)
+        if args.adapter:
+            load_adapter(model, args.adapter)
+        results = evaluate_model(model, tok, opts, out, args.batch_size)
+        write_json(out / "results.json", config | {"benchmarks": results})
+    print(report.results_table(results))
     print(f"predictions: {out / 'predictions'}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main, interrupted="Evaluation does not resume: delete --out (or pass another) and run the command again.")

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from files import UserError
 from model import Transformer
 
 GARFA_FILE = "garfa.safetensors"
@@ -84,16 +85,16 @@ def read_garfa(path: str | Path, model: Transformer) -> dict[int, torch.Tensor]:
     try:
         state, out = load_file(str(path)), {}
     except SafetensorError as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
     for key, value in state.items():
         parts = key.split(".")
         if len(parts) != 3 or parts[0] != "layers" or parts[2] != "log_scale" or not parts[1].isdigit():
-            raise ValueError(f"{path}: unexpected tensor '{key}' (expected 'layers.<l>.log_scale')")
+            raise UserError(f"{path}: unexpected tensor '{key}' (expected 'layers.<l>.log_scale')")
         layer = int(parts[1])
         if not 0 <= layer < model.config.n_layers or value.shape != (model.config.n_kv_heads,):
-            raise ValueError(f"{path}: '{key}' of shape {tuple(value.shape)} does not fit this model "
-                             f"({model.config.n_layers} layers, {model.config.n_kv_heads} KV heads): "
-                             f"the adapter was made for another model")
+            raise UserError(f"{path}: '{key}' of shape {tuple(value.shape)} does not fit this model "
+                            f"({model.config.n_layers} layers, {model.config.n_kv_heads} KV heads): "
+                            f"the adapter was made for another model")
         out[layer] = value
     return out
 

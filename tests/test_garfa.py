@@ -5,11 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import T, TOL, adamw_losses, base_model, batch, completion_loss, logits
+from conftest import T, TOL, base_model, batch, completion_loss, logits
 from garfa import (GARFA_FILE, apply_garfa, garfa_layers, garfa_multipliers, garfa_state, load_garfa_state,
                    read_garfa)
 from lora import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, apply_lora, load_adapter, lora_layers, lora_modules, save_adapter
-from model import generate
 
 
 def set_log_scales_(model, seed=0, std=0.3):
@@ -94,26 +93,6 @@ def test_query_heads_use_exactly_the_scale_of_their_kv_group(group):
     changed = {h for h in range(cfg.n_heads) if change[h] > 1e-3}
     assert changed == set(range(group * cfg.n_rep, (group + 1) * cfg.n_rep))
     assert all(change[h] == 0 for h in range(cfg.n_heads) if h not in changed)
-
-
-def test_kv_cache_decode_matches_full_forward_with_garfa():
-    model, tokens = garfa_model(), batch(length=100)
-    full = logits(model, tokens)
-    cache = model.new_cache(2, 100)
-    with torch.no_grad():
-        steps = [model(tokens[:, :80], cache=cache), model(tokens[:, 80:90], cache=cache)]
-        steps += [model(tokens[:, t:t + 1], cache=cache) for t in range(90, 100)]
-    assert (torch.cat(steps, dim=1) - full).abs().max() < TOL
-    prompts = [[5, 9, 11, 40, 41, 7, 8], [12, 13]]  # left-padded batch: per-row positions through GARFA
-    for prompt, new in zip(prompts, generate(model, prompts, max_new_tokens=10, stop_ids=[])):
-        assert logits(model, torch.tensor([prompt + new]))[0, len(prompt) - 1:-1].argmax(-1).tolist() == new
-
-
-def test_a_few_adamw_steps_reduce_the_loss():
-    model, tokens = base_model(), batch(seed=5)
-    apply_garfa(model, [0, 1, 2])
-    losses = adamw_losses(model, tokens, lr=1e-2)  # SPEC: GARFA lr 1e-2, no weight decay
-    assert losses[-1] < losses[0] - 0.1, losses
 
 
 @pytest.mark.parametrize("lora_on, garfa_on", [((1, 2), (1, 2)), ((2,), (0, 1))], ids=["same", "different"])

@@ -5,12 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import (LLAMA3_SCALING, TOL, adamw_losses, base_model, batch, completion_loss, default_model_dir,
+from conftest import (LLAMA3_SCALING, TOL, adamw_losses, reference, base_model, batch, completion_loss, default_model_dir,
                       logits, save_checkpoint, tiny_hf_config)
 from garfa import GARFA_FILE, apply_garfa, garfa_layers
 from lora import (DEFAULT_TARGETS, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, TARGETS, DroppedDown, LoRALinear, apply_lora,
                   count_trainable, load_adapter, lora_layers, lora_modules, merge_lora, save_adapter, unmerge_lora)
-from model import generate
 
 
 def randomize_lora_(model, seed=0, std=0.1):
@@ -98,7 +97,7 @@ def test_gradients_reach_every_lora_matrix():
     completion_loss(model, batch()).backward()
     for name, p in model.named_parameters():
         if p.requires_grad:
-            assert p.grad is not None and p.grad.abs().min() >= 0 and p.grad.abs().max() > 0, name
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() > 0, name
         else:
             assert p.grad is None, name
     # Untrained (B = 0): the gradient reaches B, so training can start.
@@ -148,27 +147,17 @@ def test_training_dropout_keeps_one_byte_per_input_element():
     assert saved_bytes(True) - saved_bytes(False) == x.numel()  # the keep-mask, 1 byte per element
 
 
-def test_a_few_adamw_steps_reduce_the_loss():
+@pytest.mark.parametrize("adapter", ["lora", "garfa"])
+def test_a_few_adamw_steps_reduce_the_loss(adapter):
     model, tokens = base_model(), batch(seed=5)
     torch.manual_seed(0)
-    apply_lora(model, [1, 2], r=4, alpha=8, dropout=0.0)
+    if adapter == "lora":
+        apply_lora(model, [1, 2], r=4, alpha=8, dropout=0.0)
+    else:
+        apply_garfa(model, [0, 1, 2])
     model.train()
-    losses = adamw_losses(model, tokens, lr=1e-2)
-    assert losses[-1] < 0.8 * losses[0], losses
-
-
-def test_generation_with_lora_uses_the_kv_cache_correctly():
-    model = lora_model()
-    prompts = [[5, 9, 11, 40, 41, 7, 8], [12, 13]]
-    out = generate(model, prompts, max_new_tokens=10, stop_ids=[])
-    for prompt, new in zip(prompts, out):
-        seq = torch.tensor([prompt + new])
-        assert logits(model, seq)[0, len(prompt) - 1:-1].argmax(-1).tolist() == new
-    tokens = batch(length=100)
-    cache = model.new_cache(2, 100)
-    with torch.no_grad():
-        steps = [model(tokens[:, :90], cache=cache)] + [model(tokens[:, t:t + 1], cache=cache) for t in range(90, 100)]
-    assert (torch.cat(steps, dim=1) - logits(model, tokens)).abs().max() < TOL
+    losses = adamw_losses(model, tokens, lr=1e-2)  # SPEC: GARFA lr 1e-2, no weight decay
+    assert losses[-1] < losses[0] - 0.1, losses
 
 
 def test_bf16_forward_keeps_lora_in_float32():
@@ -281,10 +270,10 @@ def _edit_tensors(name, edit_state):
 
 KEY = "base_model.model.model.layers.2.mlp.down_proj.lora_B.weight"
 BAD_ADAPTERS = {
-    "missing_dir": (lambda d: __import__("shutil").rmtree(d), FileNotFoundError, "adapter directory .* not found"),
-    "empty_dir": (lambda d: [p.unlink() for p in d.iterdir()], FileNotFoundError,
+    "missing_dir": (lambda d: __import__("shutil").rmtree(d), ValueError, "adapter directory .* not found"),
+    "empty_dir": (lambda d: [p.unlink() for p in d.iterdir()], ValueError,
                   "holds neither adapter_config.json .LoRA. nor garfa.safetensors .GARFA."),
-    "no_weights": (lambda d: (d / PEFT_WEIGHTS_FILE).unlink(), FileNotFoundError, "adapter_model.safetensors not found"),
+    "no_weights": (lambda d: (d / PEFT_WEIGHTS_FILE).unlink(), ValueError, "adapter_model.safetensors not found"),
     "missing_key": (_edit_tensors(PEFT_WEIGHTS_FILE, lambda s: s.pop(KEY)), ValueError,
                     f"adapter_model.safetensors: missing tensor '{KEY}'"),
     "unexpected_key": (_edit_tensors(PEFT_WEIGHTS_FILE, lambda s: s.update(
@@ -351,14 +340,14 @@ def test_loading_onto_attached_adapters_is_refused_before_attaching(tmp_path):
 
 def hf_twin(tmp_path, model, hf_config):
     """The same weights as `model`, loaded by transformers' LlamaForCausalLM from an HF directory."""
-    transformers = pytest.importorskip("transformers")
+    transformers = reference("transformers")
     path = save_checkpoint(model, tmp_path / "hf", hf_config)
     return transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
 @pytest.mark.parametrize("targets", [DEFAULT_TARGETS, ("q", "v", "down")])
 def test_peft_loads_our_adapter_with_the_same_logits(tmp_path, targets):
-    peft = pytest.importorskip("peft")
+    peft = reference("peft")
     hf = hf_twin(tmp_path, base_model(), tiny_hf_config(rope_scaling=LLAMA3_SCALING))
     model, tokens = lora_model(layers=(0, 2), targets=targets), batch()
     save_adapter(model, tmp_path / "adapter")
@@ -372,7 +361,7 @@ def test_peft_loads_our_adapter_with_the_same_logits(tmp_path, targets):
 
 
 def test_our_loader_reads_a_peft_made_adapter(tmp_path):
-    peft = pytest.importorskip("peft")
+    peft = reference("peft")
     model = base_model()
     hf = hf_twin(tmp_path, model, tiny_hf_config(rope_scaling=LLAMA3_SCALING))
     config = peft.LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "o_proj", "up_proj"],
@@ -392,8 +381,8 @@ def test_our_loader_reads_a_peft_made_adapter(tmp_path):
 
 def test_peft_parity_on_the_default_model(tmp_path):
     """The real SmolLM2-135M (GQA 3:1, tied embeddings): our LoRA on 8 layers == peft on transformers."""
-    peft = pytest.importorskip("peft")
-    transformers = pytest.importorskip("transformers")
+    peft = reference("peft")
+    transformers = reference("transformers")
     from model import Transformer
 
     path = default_model_dir()  # prepared on first use, as every command does

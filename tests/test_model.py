@@ -1,11 +1,12 @@
 """model.py against transformers' LlamaForCausalLM, cached decoding, generation and checkpoint validation."""
 import json
-import shutil
 
 import pytest
 import torch
 
-from conftest import LLAMA3_SCALING, TOL, randomize_, save_checkpoint, tiny_hf_config, tiny_model
+from files import UserError
+
+from conftest import LLAMA3_SCALING, TOL, randomize_, reference, save_checkpoint, tiny_hf_config, tiny_model
 from model import (ModelConfig, SiluMul, Transformer, apply_rope, generate, llama3_scale, rope_cos_sin,
                    rope_inv_freq)
 
@@ -21,7 +22,7 @@ PARITY_CASES = {
 
 def hf_reference(tmp_path, overrides, shard=None, seed=0):
     """A random LlamaForCausalLM saved by transformers itself (so it writes `rope_parameters`, v5 style)."""
-    transformers = pytest.importorskip("transformers")
+    transformers = reference("transformers")
     hf = tiny_hf_config(**overrides)
     rope = {"rope_type": "default", "rope_theta": hf.pop("rope_theta")}
     rope.update(hf.pop("rope_scaling", None) or {})
@@ -102,8 +103,24 @@ def test_rope_relative_position():
     assert (score(7, 3) - score(40, 3)).abs() > 0.1  # a different offset gives a different score
 
 
-def test_kv_cache_matches_full_forward():
+@pytest.mark.parametrize("adapters", ["none", "lora", "garfa", "both"])
+def test_kv_cache_matches_full_forward(adapters):
+    from garfa import apply_garfa
+    from lora import apply_lora
+
     model = tiny_model(rope_scaling=LLAMA3_SCALING)
+    torch.manual_seed(0)
+    if adapters in ("lora", "both"):
+        apply_lora(model, [0, 2], r=4, alpha=8)
+        for p in model.parameters():  # B = 0 would make LoRA invisible
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.2)
+    if adapters in ("garfa", "both"):
+        apply_garfa(model, [1, 2])
+        with torch.no_grad():
+            for block in model.layers[1:]:
+                block.self_attn.rope_freqs.log_scale.copy_(torch.tensor([0.3, -0.4]))
+    model.eval()
     tokens = torch.randint(0, 96, (2, 100), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full = model(tokens)
@@ -112,6 +129,10 @@ def test_kv_cache_matches_full_forward():
         steps.append(model(tokens[:, 80:90], cache=cache))
         steps += [model(tokens[:, t:t + 1], cache=cache) for t in range(90, 100)]
     assert (torch.cat(steps, dim=1) - full).abs().max() < TOL
+    prompts = [[5, 9, 11, 40, 41, 7, 8], [12, 13]]  # left-padded batch: per-row positions through the adapters
+    for prompt, new in zip(prompts, generate(model, prompts, max_new_tokens=10, stop_ids=[])):
+        with torch.no_grad():
+            assert model(torch.tensor([prompt + new]))[0, len(prompt) - 1:-1].argmax(-1).tolist() == new
 
 
 def test_left_padded_batch_matches_single_sequences():
@@ -197,15 +218,15 @@ def test_bad_configs_are_named(checkpoint, change, message):
 
 def test_missing_files_are_named(checkpoint, tmp_path):
     path, hf = checkpoint
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(UserError, match="config.json"):
         Transformer.from_pretrained(tmp_path / "nowhere")
     (path / "model.safetensors").rename(path / "model-00001-of-00002.safetensors")
-    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+    with pytest.raises(UserError, match="no model.safetensors"):
         Transformer.from_pretrained(path)
     index = {"weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors",
                             "lm_head.weight": "model-00002-of-00002.safetensors"}}
     (path / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(FileNotFoundError, match="names shard 'model-00002-of-00002.safetensors'"):
+    with pytest.raises(UserError, match="names shard 'model-00002-of-00002.safetensors'"):
         Transformer.from_pretrained(path)
 
 
@@ -254,7 +275,7 @@ def default_model():
 
 
 def test_default_model_matches_transformers(default_model):
-    transformers = pytest.importorskip("transformers")
+    transformers = reference("transformers")
     path, model, tok = default_model
     ref = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tokens = torch.tensor([tok.encode("The Eiffel Tower, completed in 1889, stands on the Champ de Mars in Paris. "

@@ -19,6 +19,8 @@ from tokenizers import pre_tokenizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import prepare  # noqa: E402
+from conftest import reference, tiny_hf_config  # noqa: E402
+from files import UserError  # noqa: E402
 
 
 # ---------------------------------------------------------------- q/k permutation
@@ -179,7 +181,17 @@ def test_incomplete_model_dir_is_rebuilt_and_complete_one_is_kept(fake_conversio
     assert prepare.is_prepared(model_dir) and not (model_dir / "model.safetensors").exists()
     prepare.ensure_model()
     assert len(fake_conversion) == 1  # second call is a no-op
-    assert os.listdir(model_dir.parent) == ["model"]  # no temp directories left behind
+    assert sorted(os.listdir(model_dir.parent)) == [".lock", "model"]  # no temp directories left behind
+
+
+def test_a_truncated_or_edited_prepared_file_is_rebuilt(fake_conversion):
+    model_dir = prepare.prepare_model(prepare.DEFAULT_MODEL_DIR)
+    (model_dir / "config.json").write_text("{")  # truncated: the size differs, caught on every use
+    assert not prepare.is_prepared(model_dir)
+    prepare.ensure_model()
+    assert len(fake_conversion) == 2 and prepare.is_prepared(model_dir, full=True)
+    (model_dir / "config.json").write_text("[]")  # same size, other bytes: caught by the full check
+    assert prepare.is_prepared(model_dir) and not prepare.is_prepared(model_dir, full=True)
 
 
 def test_marker_from_an_older_format_triggers_a_rebuild(fake_conversion):
@@ -199,15 +211,19 @@ def test_failed_conversion_leaves_nothing_that_looks_finished(fake_conversion, m
     with pytest.raises(RuntimeError, match="disk full"):
         prepare.ensure_model()
     assert not prepare.DEFAULT_MODEL_DIR.exists()
-    assert os.listdir(prepare.DEFAULT_MODEL_DIR.parent) == []
+    assert os.listdir(prepare.DEFAULT_MODEL_DIR.parent) == [".lock"]
 
 
 def test_user_model_dir_missing_files_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="tokenizer.json.*model.safetensors.*Llama-3.1-8B-Instruct"):
+    with pytest.raises(UserError, match="tokenizer.json.*model.safetensors.*Llama-3.1-8B-Instruct"):
         prepare.ensure_model(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{}")
-    (tmp_path / "model.safetensors.index.json").write_text("{}")
+    (tmp_path / "config.json").write_text(json.dumps(tiny_hf_config()))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-1.safetensors"}}))
+    with pytest.raises(UserError, match="model-1.safetensors"):  # a shard the index names is missing
+        prepare.ensure_model(tmp_path)
+    (tmp_path / "model-1.safetensors").write_bytes(b"")
     assert prepare.ensure_model(tmp_path) == tmp_path
 
 
@@ -231,7 +247,7 @@ def converted(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf_model(converted):
-    transformers = pytest.importorskip("transformers")
+    transformers = reference("transformers")
     tokenizer = transformers.AutoTokenizer.from_pretrained(converted)
     model = transformers.LlamaForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
     return model, tokenizer

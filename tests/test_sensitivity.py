@@ -1,34 +1,27 @@
-"""Layer scoring (SPEC 4.1-4.4) on tiny random-weight models whose answers are known by construction."""
+"""Layer scoring (METHOD.md 4.1-4.4b) on tiny random-weight models and hand-built inputs whose answers are known."""
+import argparse
 import json
 import math
-import re
-import zlib
+from dataclasses import fields
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import WordTokenizer, tiny_model, tiny_model_dir
 from scipy import stats
 
 import sensitivity as sens
+from files import UserError
 from sensitivity import EncodedPair, ScoreOptions
 
 
-class WordTokenizer:
-    """Words (with their leading whitespace) hashed onto the tiny model's 96 ids; no chat template."""
-    chat_template, eos_ids, pad_id, bos_id = None, [2], 0, 1
-
-    def encode(self, text, bos=None):
-        return [3 + zlib.crc32(w.encode()) % 93 for w in re.findall(r"\s*\S+", text)]
-
-
-def random_pairs(n=4, seed=0, prompt_len=24):
-    """Pairs sharing a prompt whose completions differ in their first token only."""
+def random_pairs(n=4, seed=0, prompt_len=24, ragged=False):
+    """Pairs whose completions differ in their first token only; `ragged` gives each prompt its own length."""
     g = torch.Generator().manual_seed(seed)
     ids = lambda k: torch.randint(3, 96, (k,), generator=g).tolist()
     pairs = []
-    for _ in range(n):
-        prompt, tail = ids(prompt_len), ids(3)
+    for i in range(n):
+        prompt, tail = ids(prompt_len + (7 * i if ragged else 0)), ids(3 + (i % 3 if ragged else 0))
         pairs.append(EncodedPair(prompt, [10] + tail, [11] + tail))
     return pairs
 
@@ -44,78 +37,137 @@ def silence(model, keep: int, parts=("self_attn.o_proj", "mlp.down_proj")):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Small pure functions
+# Small pure functions and options
 
-def test_distance_known_values():
+def test_distance_pool_top_k_jaccard_depth_verdict_known_values():
     assert sens.distance(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0]), "cosine").item() == pytest.approx(1.0)
     assert sens.distance(torch.tensor([1.0, 1.0]), torch.tensor([-2.0, -2.0]), "cosine").item() == pytest.approx(2.0)
     assert sens.distance(torch.tensor([0.0, 0.0]), torch.tensor([3.0, 4.0]), "l2").item() == pytest.approx(5.0)
     assert sens.distance(torch.zeros(2, 4), torch.zeros(2, 4), "cosine").tolist() == [0.0, 0.0]  # no update: no change
-
-
-def test_pool_hidden_last_and_mean():
     h = torch.arange(12.0).view(6, 2)  # (T, D)
     assert sens.pool_hidden(h, 3, 5, "last").tolist() == [8.0, 9.0]
     assert sens.pool_hidden(h, 3, 5, "mean").tolist() == [7.0, 8.0]
-
-
-def test_top_k_jaccard_depth_known_values():
     assert sens.top_k([0.1, 0.9, 0.3, 0.9, 0.0], 2) == [1, 3]
     assert sens.top_k([0.5, 0.5, 0.5], 2) == [0, 1]  # ties go to the shallower layer
     assert sens.jaccard([1, 2, 3], [2, 3, 4]) == pytest.approx(0.5)
     assert sens.mean_depth([0, 4], 5) == pytest.approx(0.5) and sens.mean_depth([29], 30) == 1.0
-
-
-def test_verdict_thresholds():
     assert sens.verdict(-0.5, 0.01) == "anti-localized"
     assert sens.verdict(0.5, 0.049) == "co-localized"
-    assert sens.verdict(0.9, 0.05) == sens.verdict(-0.9, 0.2) == "no significant relation"
+    assert sens.verdict(0.9, 0.05) == sens.verdict(-0.9, 0.2) == sens.verdict(math.nan, math.nan) == \
+        "no significant relation"
 
 
-def test_options_validate_and_come_from_args():
-    with pytest.raises(ValueError, match="sens_dist"):
+def test_options_validate_and_come_from_args_with_every_default_shown():
+    with pytest.raises(UserError, match="sens-dist"):
         ScoreOptions(sens_dist="cos")
-    import argparse
-    p = argparse.ArgumentParser()
-    p.add_argument("--seed", type=int, default=0)
-    sens.add_score_args(p)
-    opts = sens.options_from_args(p.parse_args(["--sens-dist", "l2", "--k", "3", "--seed", "7"]))
-    assert opts == ScoreOptions(sens_dist="l2", k=3, seed=7)
-    assert {"--seed", "--model", "--out", "--chat"} <= set(sens.build_parser()._option_string_actions)
+    p = sens.build_parser()
+    opts = sens.options_from_args(p.parse_args(["--sens-dist", "l2", "--k", "3", "--seed", "7", "--chat", "off"]))
+    assert opts == ScoreOptions(sens_dist="l2", k=3, seed=7, chat="off")
+    assert sens.options_from_args(p.parse_args([])) == ScoreOptions()  # the defaults are written once
+    help_text = " ".join(p.format_help().split())
+    for f in fields(ScoreOptions):
+        shown = f"(default: {f.default})" if f.default is not None else f.metadata["help"].split("(")[-1]
+        assert f"--{f.name.replace('_', '-')}" in help_text and shown in help_text, f.name  # k: "ceil(L / 4))"
     q = argparse.ArgumentParser()
-    sens.add_score_args(q)
-    assert {"--seed", "--model", "--out"}.isdisjoint(q._option_string_actions)  # the caller owns these
+    sens.add_score_args(q, skip=("seed", "chat"))  # the caller (train.py) owns these
+    assert {"--seed", "--chat", "--model", "--out"}.isdisjoint(q._option_string_actions)
+    assert sens.options_from_args(q.parse_args([]), seed=3, chat="off") == ScoreOptions(seed=3, chat="off")
+
+
+def test_partial_spearman_equals_the_correlation_of_rank_residuals():
+    rng = np.random.default_rng(0)
+    z = np.arange(20.0)
+    x, y = z + rng.normal(0, 4, 20), z ** 1.5 + rng.normal(0, 15, 20)
+    r, p = sens.partial_spearman(x, y, z)
+    rz = np.c_[np.ones(20), stats.rankdata(z)]
+    res = [v - rz @ np.linalg.lstsq(rz, v, rcond=None)[0] for v in (stats.rankdata(x), stats.rankdata(y))]
+    direct = stats.pearsonr(*res)[0]
+    t = direct * np.sqrt((20 - 3) / (1 - direct ** 2))
+    assert r == pytest.approx(direct, abs=1e-12) and p == pytest.approx(2 * stats.t.sf(abs(t), 17), rel=1e-9)
+    assert all(map(math.isnan, sens.partial_spearman(z ** 2, y, z)))  # x ranks exactly like z: nothing is left
+
+
+def test_l2_on_a_growing_stream_correlates_through_depth_only():
+    """A stream whose norm grows with depth: S_l2 follows the norm, so it correlates with any depth-trending I,
+    but not once depth is held fixed; the scale-free cosine S does not see the growth at all."""
+    rng = np.random.default_rng(0)
+    P, L, D = 12, 120, 16
+    growth = torch.tensor(1.03 ** np.arange(L))[None, :, None]  # (1, L, 1)
+    base = torch.tensor(rng.normal(size=(P, L, D)))
+    plus, minus = (growth * (base + 0.3 * torch.tensor(rng.normal(size=(P, L, D)))) for _ in range(2))
+    I_pair = np.arange(L)[None, :] + rng.normal(0, 20, (P, L))  # an influence that also trends with depth
+    I = sens.influence_from_per_pair(I_pair, "fd")
+    for dist in ("l2", "cosine"):
+        per_S = sens.distance(plus, minus, dist).numpy()
+        a = sens.analyze(per_S.mean(0), I, 10, per_S, I_pair, "fd", 200, seed=0)
+        raw, partial = a["spearman"]["r"], a["partial_depth"]["r"]
+        if dist == "l2":
+            assert raw > 0.9 and a["verdict"] == "co-localized", a
+            assert abs(partial) < 0.2 and a["partial_depth"]["verdict"] == "no significant relation", a
+        else:
+            assert abs(raw) < 0.25 and abs(partial) < 0.25, a
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# S: only one block changes anything
+# S: every reading from one pass; only one block changes anything
+
+def test_hidden_distances_give_all_eight_readings_from_one_pass_per_pair(monkeypatch):
+    model, pairs = tiny_model(num_hidden_layers=4), random_pairs(ragged=True)
+    calls = []
+    original = model.hidden_states
+    monkeypatch.setattr(model, "hidden_states", lambda *a, **k: calls.append(1) or original(*a, **k))
+    d = sens.hidden_distances(model, pairs)
+    assert len(calls) == len(pairs) and set(d) == {(p, r) for p in ("last", "mean") for r in ("output", "delta")}
+    pair = pairs[-1]  # an independent computation of one reading: mean-pooled block updates, Euclidean distance
+    with torch.no_grad():
+        states = [model(torch.tensor([pair.prompt + c]), output_hidden_states=True)[1] for c in (pair.correct,
+                                                                                                  pair.incorrect)]
+        embeds = [model.embed_tokens(torch.tensor([pair.prompt + c])) for c in (pair.correct, pair.incorrect)]
+    n = len(pair.prompt)
+    pooled = [np.stack([h[0, n:].mean(0).numpy() for h in [e] + s]) for e, s in zip(embeds, states)]  # (L + 1, D)
+    updates = [np.diff(x, axis=0) for x in pooled]
+    assert np.allclose(d["mean", "delta"]["l2"][-1], np.linalg.norm(updates[0] - updates[1], axis=-1), rtol=1e-4)
+    last = [x[1:] for x in pooled]
+    cos = (last[0] * last[1]).sum(-1) / np.linalg.norm(last[0], axis=-1) / np.linalg.norm(last[1], axis=-1)
+    assert not np.allclose(d["mean", "output"]["cosine"][-1], d["last", "output"]["cosine"][-1])
+    assert np.allclose(d["mean", "output"]["cosine"][-1], 1 - cos, atol=1e-5)
+
 
 @pytest.mark.parametrize("pool", ["last", "mean"])
-def test_delta_sensitivity_is_nonzero_only_at_the_one_active_block(pool):
+def test_sensitivity_changes_only_at_the_one_active_block(pool):
     j, model = 2, silence(tiny_model(num_hidden_layers=5), keep=2)
-    pairs = random_pairs()
+    d = sens.hidden_distances(model, random_pairs())
     for dist in ("cosine", "l2"):
-        S = sens.sensitivity_per_pair(model, pairs, ScoreOptions(sens_pool=pool, sens_repr="delta",
-                                                                 sens_dist=dist)).mean(0)
-        assert S[j] > 1e-3 and np.abs(np.delete(S, j)).max() < 1e-6, (dist, S)  # h_{-1} is the embedding output
-
-
-def test_output_sensitivity_changes_only_at_the_active_block():
-    j, model = 2, silence(tiny_model(num_hidden_layers=5), keep=2)
-    S = sens.sensitivity_per_pair(model, random_pairs(), ScoreOptions(sens_pool="mean")).mean(0)
-    assert np.allclose(S[:j], S[0], atol=1e-6) and np.allclose(S[j:], S[j], atol=1e-6)  # block l -> index l
-    assert abs(S[j] - S[j - 1]) > 1e-3
-
-
-def test_l2_and_cosine_share_one_pass():
-    model, pairs = tiny_model(num_hidden_layers=4), random_pairs()
-    d = sens.hidden_distances(model, pairs, "last", "output")
-    assert d["cosine"].shape == d["l2"].shape == d["norm"].shape == (4, 4)
-    assert np.array_equal(d["l2"], sens.sensitivity_per_pair(model, pairs, ScoreOptions(sens_dist="l2")))
+        S = d[pool, "delta"][dist].mean(0)  # h_{-1} is the embedding output
+        assert S[j] > 1e-3 and np.abs(np.delete(S, j)).max() < 1e-6, (dist, S)
+        S = d[pool, "output"][dist].mean(0)  # block l -> index l
+        assert np.allclose(S[:j], S[0], atol=1e-6) and np.allclose(S[j:], S[j], atol=1e-6)
+        assert abs(S[j] - S[j - 1]) > 1e-3
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# I: GARFA at identity, gradient vs finite differences
+# I: GARFA at identity, gradient vs finite differences, the fast finite difference vs the full recompute
+
+def full_recompute_fd(model, pairs, eps):
+    """The finite difference as first written: every layer, both signs, a whole forward pass of every pair."""
+    out = np.zeros((len(pairs), model.config.n_layers))
+    with sens.identity_garfa(model) as scales, torch.no_grad():
+        for layer in range(model.config.n_layers):
+            losses = []
+            for sign in (1, -1):
+                scales[layer].fill_(sign * eps)
+                losses.append(sens.completion_nll(model, pairs).double())
+            scales[layer].zero_()
+            out[:, layer] = ((losses[0] - losses[1]) / (2 * eps)).numpy()
+    return out
+
+
+def test_fast_fd_equals_the_full_recompute():
+    model = tiny_model(num_hidden_layers=5)
+    pairs = random_pairs(n=sens.FD_BATCH + 3, prompt_len=20, ragged=True)  # two batches, padding in both
+    fast, full = sens.influence_per_pair(model, pairs, "fd", 0.05), full_recompute_fd(model, pairs, 0.05)
+    assert np.abs(full).min() > 1e-3 and np.abs(fast - full).max() <= 1e-6 * np.abs(full).max()
+
 
 def test_identity_garfa_keeps_loss_has_gradient_and_leaves_model_clean():
     model, pairs = tiny_model(), random_pairs(prompt_len=40)
@@ -128,7 +180,7 @@ def test_identity_garfa_keeps_loss_has_gradient_and_leaves_model_clean():
         assert torch.allclose(loss, base.mean(), atol=1e-6)
         grads = torch.autograd.grad(loss, scales)
         assert all(g.abs().sum() > 0 for g in grads)
-    per_pair = sens.influence_per_pair(model, pairs, ScoreOptions())
+    per_pair = sens.influence_per_pair(model, pairs, "grad")
     assert per_pair.shape == (4, 3, 2) and np.allclose(per_pair.mean(0), torch.stack(grads).numpy(), atol=1e-5)
     assert all(block.self_attn.rope_freqs is None for block in model.layers)
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
@@ -140,21 +192,17 @@ def test_identity_garfa_keeps_loss_has_gradient_and_leaves_model_clean():
 def test_influence_is_nonzero_only_where_attention_reaches_the_stream(method):
     j = 1
     model = silence(tiny_model(num_hidden_layers=4), keep=j, parts=("self_attn.o_proj",))  # MLPs ignore positions
-    per_pair = sens.influence_per_pair(model, random_pairs(prompt_len=100), ScoreOptions(influence=method))
-    I = sens.influence_from_per_pair(per_pair, method)
+    I = sens.influence_from_per_pair(sens.influence_per_pair(model, random_pairs(prompt_len=100), method), method)
     assert I[j] > 1e-4 and np.delete(I, j).max() == 0.0, I
 
 
 def test_gradient_matches_finite_differences():
     model, pairs = tiny_model(num_hidden_layers=5), random_pairs(prompt_len=40)
-    grad = sens.influence_per_pair(model, pairs, ScoreOptions(influence="grad"))  # (P, L, n_kv)
+    grad = sens.influence_per_pair(model, pairs, "grad")  # (P, L, n_kv)
     eps = 1e-4  # std-0.2 random weights make the loss very curved in log_scale: a small step for a derivative
-    fd = sens.influence_per_pair(model, pairs, ScoreOptions(influence="fd", fd_eps=eps))  # (P, L)
+    fd = sens.influence_per_pair(model, pairs, "fd", eps)  # (P, L)
     # fd moves every KV head of a layer together, so it measures the sum over heads of the gradient
-    scale = np.abs(grad).max()
-    assert np.abs(grad.sum(-1) - fd).max() < 1e-2 * scale
-    I_grad, I_fd = np.abs(grad.sum(-1).mean(0)), sens.influence_from_per_pair(fd, "fd")
-    assert stats.spearmanr(I_grad, I_fd)[0] > 0.9
+    assert np.abs(grad.sum(-1) - fd).max() < 1e-2 * np.abs(grad).max()
     layer, head = np.unravel_index(np.abs(grad[0]).argmax(), grad[0].shape)  # one component, perturbed by hand
     with sens.identity_garfa(model) as scales, torch.no_grad():
         losses = []
@@ -165,7 +213,7 @@ def test_gradient_matches_finite_differences():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The analysis
+# The analysis, the cache, the multiverse
 
 def test_analysis_spearman_and_bootstrap():
     rng = np.random.default_rng(0)
@@ -175,13 +223,17 @@ def test_analysis_spearman_and_bootstrap():
     a = sens.analyze(S, I, 3, per_S, per_I, "grad", 500, seed=1)
     r, p = stats.spearmanr(S, I)
     assert a["spearman"]["r"] == pytest.approx(r) and a["spearman"]["p"] == pytest.approx(p)
+    assert (a["partial_depth"]["r"], a["partial_depth"]["p"]) == sens.partial_spearman(S, I, np.arange(8))
     lo, hi = a["spearman"]["ci95"]
     assert -1 <= lo < hi <= 1
     assert a == sens.analyze(S, I, 3, per_S, per_I, "grad", 500, seed=1)
     assert a["spearman"]["ci95"] != sens.analyze(S, I, 3, per_S, per_I, "grad", 500, seed=2)["spearman"]["ci95"]
     assert a["sens_layers"] == sens.top_k(S, 3) and a["verdict"] == sens.verdict(r, p)
-    boot = sens.spearman_rows(np.stack([S, S]), np.stack([I, -I]))
-    assert boot == pytest.approx([r, -r])
+    assert sens.spearman_rows(np.stack([S, S]), np.stack([I, -I])) == pytest.approx([r, -r])
+
+
+def no_recompute(*args):
+    raise AssertionError("recomputed despite the cache")
 
 
 def test_scores_are_cached_per_options(tiny_checkpoint, tmp_path, monkeypatch):
@@ -190,21 +242,17 @@ def test_scores_are_cached_per_options(tiny_checkpoint, tmp_path, monkeypatch):
     tok, opts = WordTokenizer(), ScoreOptions(bootstrap=200)
     first = sens.load_or_compute_scores(model_dir, model, tok, opts, out_dir=tmp_path / "run")
     stored = json.loads((tmp_path / "run" / "scores.json").read_text())
-    assert (tmp_path / "run" / "layer_scores.png").stat().st_size > 0
+    assert (tmp_path / "run" / "layer_scores.png").stat().st_size > 0 and stored == first
     assert stored["spearman"]["r"] == pytest.approx(stats.spearmanr(stored["sensitivity"], stored["influence"])[0])
     lo, hi = stored["spearman"]["ci95"]
     assert -1 <= lo <= hi <= 1 and stored["k"] == math.ceil(3 / 4) and stored["n_pairs"] == 15
-
-    def no_recompute(*args):
-        raise AssertionError("recomputed despite the cache")
-
-    monkeypatch.setattr(sens, "compute_scores", no_recompute)
+    monkeypatch.setattr(sens, "score_layers", no_recompute)
     assert sens.load_or_compute_scores(model_dir, model, tok, opts) == first
     assert sens.scores_key(model_dir, model, opts) != sens.scores_key(model_dir, model, ScoreOptions(sens_dist="l2"))
     with pytest.raises(AssertionError, match="recomputed"):
         sens.load_or_compute_scores(model_dir, model, tok, ScoreOptions(bootstrap=200, seed=1))
     monkeypatch.undo()
-    again = sens.compute_scores(model, tok, opts)  # deterministic: same options, same numbers
+    again = sens.score_layers(model, tok, [opts])[0]  # deterministic: same options, same numbers
     assert again["sensitivity"] == first["sensitivity"] and again["influence"] == first["influence"]
 
 
@@ -216,6 +264,43 @@ def test_fingerprint_sees_weights_not_just_the_header(tiny_checkpoint, tmp_path)
     other = save_checkpoint(model, tmp_path / "other", tiny_hf_config())
     assert sens.model_fingerprint(model_dir) == sens.model_fingerprint(model_dir)
     assert sens.model_fingerprint(other) != sens.model_fingerprint(model_dir)
+
+
+def test_multiverse_scores_every_reading_on_every_set_and_reuses_the_cache(tmp_path, monkeypatch):
+    model_dir = tiny_model_dir(tmp_path / "tiny", num_hidden_layers=6)
+    monkeypatch.setattr(sens, "CACHE_DIR", tmp_path / "cache")
+    common = ["--model", str(model_dir), "--bootstrap", "100", "--n-pairs", "4"]
+    sens.main(common + ["--out", str(tmp_path / "single")])  # `python sensitivity.py`: the default reading
+    sens.main(common + ["--multiverse", "--calib-seeds", "3", "--out", str(tmp_path / "mv")])
+    text = (tmp_path / "mv" / "multiverse.json").read_text()
+    mv = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in multiverse.json is not JSON"))
+    records, summary = mv["records"], mv["summary"]
+    assert len(records) == 16 * 2 and len({json.dumps(x["options"], sort_keys=True) for x in records}) == 32
+    assert {x["calib_set"] for x in records} == {"file", "auto seed 3"}
+    for x in records:
+        r, p = stats.spearmanr(x["sensitivity"], x["influence"])
+        assert (x["spearman"]["r"], x["spearman"]["p"]) == pytest.approx((r, p), abs=1e-12)
+        partial = sens.partial_spearman(x["sensitivity"], x["influence"], np.arange(6))
+        stored = [math.nan if v is None else v for v in (x["partial_depth"]["r"], x["partial_depth"]["p"])]
+        assert stored == pytest.approx(partial, abs=1e-12, nan_ok=True)  # undefined (NaN) is null in the file
+        assert x["verdict"] == sens.verdict(r, p) and x["sens_layers"] == sens.top_k(x["sensitivity"], 2)
+    single = json.loads((tmp_path / "single" / "scores.json").read_text())
+    default = next(x for x in records if x["options"] == single["options"])
+    for key in ("sensitivity", "influence", "spearman", "partial_depth", "sens_layers", "rope_layers", "verdict"):
+        assert default[key] == single[key], key
+    fd = [x for x in records if x["options"]["influence"] == "fd" and x["calib_set"] == "file"]
+    assert len({json.dumps(x["influence"]) for x in fd}) == 1  # one influence computation shared by 8 readings
+    effect = summary["effects"]["sens_dist"]
+    for value in ("cosine", "l2"):
+        assert effect["mean_r"][value] == pytest.approx(np.mean(
+            [x["spearman"]["r"] for x in records if x["options"]["sens_dist"] == value]))
+    assert sum(summary["verdicts"].values()) == 32 and summary["sign_decided_by"] in sens.READINGS
+    assert "--" + summary["sign_decided_by"].replace("_", "-") in summary["in_words"]
+    md = (tmp_path / "mv" / "multiverse.md").read_text()
+    assert md.count("| auto seed 3 |") == 16 and (tmp_path / "mv" / "multiverse.png").stat().st_size > 10_000
+    monkeypatch.setattr(sens, "score_layers", no_recompute)  # every variant is cached now
+    sens.main(common + ["--multiverse", "--calib-seeds", "3", "--out", str(tmp_path / "again")])
+    assert json.loads((tmp_path / "again" / "multiverse.json").read_text())["records"] == records
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -233,28 +318,20 @@ def test_shipped_pairs_cover_six_skills_and_no_evaluation_item():
             assert not any(key in prompt for prompt in prompts if len(key) > 20), (name, item["id"])
 
 
-class ChatTokenizer(WordTokenizer):
-    chat_template = "fake"
-
-    def encode_chat(self, messages, add_generation_prompt=True):
-        return [1] + self.encode(messages[0]["content"])
-
-
 def test_pairs_use_the_chat_template_where_evaluation_does():
     pairs = [dict(skill="knowledge_mc", prompt="Q", correct=" A", incorrect=" B"),
              dict(skill="grade_school_math", prompt="Q", correct=" 1", incorrect=" 2")]
-    mc, gsm = sens.encode_pairs(ChatTokenizer(), pairs, "auto")
-    assert mc.prompt == WordTokenizer().encode("Q") and gsm.prompt[0] == 1
-    assert sens.encode_pairs(ChatTokenizer(), pairs, "off")[1].prompt == mc.prompt
+    mc, gsm = sens.encode_pairs(WordTokenizer(chat_template="x"), pairs, "auto")
+    assert mc.prompt == WordTokenizer().encode("Q") and gsm.prompt[0] == 1 and gsm.prompt != mc.prompt
+    assert sens.encode_pairs(WordTokenizer(chat_template="x"), pairs, "off")[1].prompt == mc.prompt
 
 
 def test_auto_pairs_come_from_training_data_and_are_seeded():
-    from data import TRAIN_SOURCES
+    from data import TRAIN_SOURCES, load_train
     pairs = sens.calibration_pairs(ScoreOptions(calib="auto", n_pairs=12, seed=3))
     assert len(pairs) == 12 and all(p["correct"] != p["incorrect"] for p in pairs)
     assert {p["source"] for p in pairs} <= set(TRAIN_SOURCES) and {p["skill"] for p in pairs} >= {
         "code", "competition_math", "grade_school_math"}
-    from data import load_train
     for p in pairs:  # drawn verbatim from their training source (evaluation items were removed there)
         assert (p["prompt"], p["correct"]) in {(x["prompt"], x["completion"]) for x in load_train(p["source"])}
     assert pairs == sens.calibration_pairs(ScoreOptions(calib="auto", n_pairs=12, seed=3))

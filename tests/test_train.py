@@ -5,11 +5,12 @@ import json
 import pytest
 import torch
 
-from conftest import LLAMA3_SCALING, tiny_model
+from conftest import LLAMA3_SCALING, WordTokenizer, tiny_model, tiny_model_dir
+from data import encode_example, example_index
+from files import UserError
 from garfa import apply_garfa
 from lora import apply_lora
-from train import (PAPER_ARMS, Arm, TrainConfig, encode_example, example_index, lr_factor, parse_arm,
-                   resolve_layers, train)
+from train import PAPER_ARMS, Arm, TrainOptions, lr_factor, parse_arm, resolve_layers, train
 
 SCORES = {"k": 2, "sens_layers": [2, 1], "rope_layers": [0, 1]}
 
@@ -42,28 +43,23 @@ def test_schedule_and_data_order():
     assert [example_index(7, 10, i) for i in range(10, 20)] != epoch  # a fresh order next epoch
 
 
-class ToyTokenizer:
-    """Characters as tokens; no chat template."""
-    chat_template, eos_ids, pad_id = None, [2], 0
-
-    def encode(self, text, bos=None):
-        return [3 + ord(c) % 90 for c in text]
-
-
 def toy_examples(n=12, seq_len=40):
-    tok = ToyTokenizer()
-    return [encode_example(tok, f"question {i}: ", f"answer {i * 7 % 5}", seq_len, chat=True) for i in range(n)]
+    tok = WordTokenizer()
+    return [encode_example(tok, f"question {i}: x{i} y", f"answer {i * 7 % 5}", seq_len, chat=False)
+            for i in range(n)]
 
 
 def test_encode_example_masks_only_the_completion():
-    ids, target = encode_example(ToyTokenizer(), "ab", "cd", 16, chat=True)
+    ids, target = encode_example(WordTokenizer(), "a b", "c d", 16, chat=False)
     assert len(ids) == 5 and target == [False, False, True, True, True]  # completion + EOS
     assert ids[-1] == 2
-    assert encode_example(ToyTokenizer(), "x" * 20, "y", 16, chat=True) is None  # prompt alone fills seq_len
+    assert encode_example(WordTokenizer(), " x" * 20, "y", 16, chat=False) is None  # prompt alone fills seq_len
+    chat_ids, chat_target = encode_example(WordTokenizer("chat"), "a b", "c d", 32, chat=True)
+    assert chat_ids[:sum(not t for t in chat_target)] == WordTokenizer("chat").encode(" <user> a b\n <assistant>")
 
 
-CFG = TrainConfig(steps=6, batch_size=3, grad_accum=2, seq_len=40, warmup=2, lr_lora=1e-2, lr_garfa=5e-2,
-                  weight_decay=0.0, clip=1.0, seed=0, checkpoint_every=2)
+CFG = TrainOptions(steps=6, batch_size=3, grad_accum=2, seq_len=40, warmup=2, lr_lora=1e-2, lr_garfa=5e-2,
+                   checkpoint_every=2).sized("default")
 
 
 def adapted_model(lora_layers=(1,), garfa_layers=(1,)):
@@ -83,7 +79,7 @@ def adapter_tensors(model):
 def test_training_lowers_loss_and_touches_only_chosen_layers(tmp_path):
     model = adapted_model(lora_layers=(1,), garfa_layers=(2,))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    log = train(model, toy_examples(), CFG, pad_id=0, run_dir=tmp_path, resume=False)
+    log = train(model, toy_examples(), CFG, 0, pad_id=0, run_dir=tmp_path, resume=False)
     assert log[-1]["loss"] < log[0]["loss"]
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(n.startswith(("layers.1.", "layers.2.self_attn.rope_freqs")) for n in changed)
@@ -94,25 +90,29 @@ def test_training_lowers_loss_and_touches_only_chosen_layers(tmp_path):
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     full = adapted_model()
-    train(full, toy_examples(), CFG, pad_id=0, run_dir=tmp_path / "full", resume=False)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "half").mkdir()
+    train(full, toy_examples(), CFG, 0, pad_id=0, run_dir=tmp_path / "full", resume=False)
 
     # Interrupt the same 6-step run right after its step-4 checkpoint (as Ctrl-C would), then resume it.
     import train as train_module
 
     original, fired = train_module.save_checkpoint, []
 
-    def save_then_stop(path, model, optimizer, step):
-        original(path, model, optimizer, step)
+    def save_then_stop(run_dir, model, optimizer, step):
+        original(run_dir, model, optimizer, step)
         if step == 4 and not fired:
             fired.append(step)
             raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
-    with pytest.raises(SystemExit, match="interrupted after step 4"):
-        train(adapted_model(), toy_examples(), CFG, pad_id=0, run_dir=tmp_path / "half", resume=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(adapted_model(), toy_examples(), CFG, 0, pad_id=0, run_dir=tmp_path / "half", resume=False)
     monkeypatch.undo()
+    assert torch.load(tmp_path / "half" / "checkpoint.pt")["step"] == 4
+    assert torch.load(tmp_path / "half" / "checkpoint.prev.pt")["step"] == 2  # the last two are kept
     resumed = adapted_model()  # a fresh process: base weights plus fresh adapters, state from the checkpoint
-    log = train(resumed, toy_examples(), CFG, pad_id=0, run_dir=tmp_path / "half", resume=True)
+    log = train(resumed, toy_examples(), CFG, 0, pad_id=0, run_dir=tmp_path / "half", resume=True)
     expected, got = adapter_tensors(full), adapter_tensors(resumed)
     assert expected.keys() == got.keys()
     for name in expected:
@@ -132,8 +132,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
         return (nll * float("nan"), count) if len(calls) >= 5 else (nll, count)
 
     monkeypatch.setattr(train_module, "sequence_nll", nan_on_step_3)
-    with pytest.raises(FloatingPointError, match="loss is nan at step 2.*last good checkpoint"):
-        train(adapted_model(), toy_examples(), CFG, pad_id=0, run_dir=tmp_path, resume=False)
+    with pytest.raises(UserError, match="loss is nan at step 2.*last good checkpoint"):
+        train(adapted_model(), toy_examples(), CFG, 0, pad_id=0, run_dir=tmp_path, resume=False)
     assert torch.load(tmp_path / "checkpoint.pt")["step"] == 2
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
 
@@ -141,18 +141,23 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 # ----------------------------------------------------------------------------------------------------------------
 # The whole command on a tiny model directory (random weights, a real BPE tokenizer) and the real benchmark data.
 
+def isolate_cache(tmp_path, monkeypatch):
+    import sensitivity
+    import train as train_module
+
+    monkeypatch.setattr(train_module, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(sensitivity, "CACHE_DIR", tmp_path / "cache")
+
+
 RUN_FILES = ("config.json", "scores.json", "layer_scores.png", "train_log.jsonl", "results.json", "report.md",
              "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/garfa.safetensors")
 BENCHES = ("mmlu", "arc_challenge", "math500", "humaneval")
 
 
 def test_ablation_end_to_end_writes_every_run_file(tmp_path, monkeypatch):
-    import sensitivity
     import train as train_module
-    from conftest import tiny_model_dir
 
-    monkeypatch.setattr(train_module, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(sensitivity, "CACHE_DIR", tmp_path / "cache")
+    isolate_cache(tmp_path, monkeypatch)
     out = tmp_path / "ablation"
     argv = ["--arm", "ablation", "--model", str(tiny_model_dir(tmp_path / "tiny")), "--out", str(out),
             "--steps", "2", "--batch-size", "2", "--seq-len", "96", "--warmup", "1", "--limit", "3",
@@ -185,7 +190,7 @@ def test_ablation_end_to_end_writes_every_run_file(tmp_path, monkeypatch):
     comparison = (out / "comparison.md").read_text()
     assert all(f"| {arm} |" in comparison for arm in PAPER_ARMS + ("base",)) and (out / "comparison.png").is_file()
 
-    with pytest.raises(SystemExit, match="already holds a run"):  # a finished run is never overwritten
+    with pytest.raises(UserError, match="already holds a run"):  # a finished run is never overwritten
         train_module.main(argv)
     mtime = (out / "sens-sens" / "results.json").stat().st_mtime
     train_module.main(argv + ["--resume"])  # every arm is complete: nothing is redone
@@ -194,12 +199,9 @@ def test_ablation_end_to_end_writes_every_run_file(tmp_path, monkeypatch):
 
 def test_base_arm_is_the_baseline_unchanged(tmp_path, monkeypatch):
     """none-none trains nothing: its predictions are the shared base evaluation's, byte for byte."""
-    import sensitivity
     import train as train_module
-    from conftest import tiny_model_dir
 
-    monkeypatch.setattr(train_module, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(sensitivity, "CACHE_DIR", tmp_path / "cache")
+    isolate_cache(tmp_path, monkeypatch)
     out = tmp_path / "base"
     train_module.main(["--arm", "none-none", "--model", str(tiny_model_dir(tmp_path / "tiny")), "--out", str(out),
                        "--limit", "4", "--benchmarks", "arc_challenge", "--bootstrap", "10"])
@@ -218,7 +220,51 @@ def test_bad_arms_models_and_benchmarks_are_clear_errors(tmp_path, capsys):
         with pytest.raises(SystemExit):
             train_module.build_parser().parse_args(argv)
         assert message in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="nowhere: no such directory.*prepare.py"):
         train_module.main(["--arm", "sens-sens", "--model", str(tmp_path / "nowhere")])
-    err = capsys.readouterr().err
-    assert "nowhere is not a Hugging Face model directory: missing config.json" in err and "prepare.py" in err
+
+
+def test_chat_off_reaches_scoring_training_evaluation_and_every_cache_key(tmp_path, monkeypatch):
+    """--chat off used to train and score on raw prompts while evaluation kept the chat template for math and gsm,
+    and the setting was missing from the resume keys and the shared-baseline key."""
+    import train as train_module
+
+    isolate_cache(tmp_path, monkeypatch)
+    model_dir = tiny_model_dir(tmp_path / "tiny")
+    common = ["--arm", "none-none", "--model", str(model_dir), "--limit", "2", "--benchmarks", "mgsm_en",
+              "--max-new-tokens", "2", "--bootstrap", "5", "--metrics", "bpb"]
+    for chat in ("auto", "off"):
+        train_module.main(common + ["--out", str(tmp_path / chat), "--chat", chat])
+    contexts = {chat: [r["context"] for r in map(json.loads, (tmp_path / chat / "predictions" / "mgsm_en.jsonl")
+                                                 .read_text().splitlines())] for chat in ("auto", "off")}
+    assert all(c.startswith("<|im_start|>user") for c in contexts["auto"])
+    assert all(c.startswith("Question:") for c in contexts["off"])  # evaluation follows the setting
+    assert len(list((tmp_path / "cache").glob("base-*"))) == 2  # two baselines, not one shared by mistake
+    config = json.loads((tmp_path / "off" / "config.json").read_text())
+    assert config["chat"] == config["eval"]["chat"] == config["scores"]["chat"] == "off"
+    with pytest.raises(UserError, match="different settings: chat="):
+        train_module.main(common + ["--out", str(tmp_path / "off"), "--chat", "auto", "--resume"])
+
+
+def test_seeds_write_one_directory_each_and_an_aggregate_with_numpy_mean_and_sd(tmp_path, monkeypatch):
+    import numpy as np
+
+    import train as train_module
+
+    isolate_cache(tmp_path, monkeypatch)
+    out = tmp_path / "seeds"
+    train_module.main(["--arm", "sens-sens", "--model", str(tiny_model_dir(tmp_path / "tiny")), "--out", str(out),
+                       "--seeds", "0,1,2", "--steps", "2", "--batch-size", "2", "--seq-len", "96", "--limit", "4",
+                       "--benchmarks", "mmlu", "--metrics", "acc,bpb", "--bootstrap", "5"])
+    per_seed = [json.loads((out / f"seed-{s}" / "results.json").read_text())["benchmarks"]["mmlu"] for s in (0, 1, 2)]
+    agg = json.loads((out / "results.json").read_text())["benchmarks"]["mmlu"]
+    bpb = np.array([r["bpb"]["mean"] for r in per_seed])
+    assert agg["bpb"]["mean"] == pytest.approx(bpb.mean()) and agg["bpb"]["sd"] == pytest.approx(bpb.std(ddof=1))
+    acc = np.array([r["accuracy"] for r in per_seed])
+    assert agg["accuracy"] == pytest.approx(acc.mean()) and agg["accuracy_sd"] == pytest.approx(acc.std(ddof=1))
+    assert len(set(bpb.tolist())) == 3  # the seeds really train differently
+    mean_rows = [json.loads(x) for x in (out / "predictions" / "mmlu.jsonl").read_text().splitlines()]
+    seed_rows = [[json.loads(x) for x in (out / f"seed-{s}" / "predictions" / "mmlu.jsonl").read_text().splitlines()]
+                 for s in (0, 1, 2)]
+    assert mean_rows[0]["bpb"] == pytest.approx(np.mean([rows[0]["bpb"] for rows in seed_rows]))
+    assert "seed sd" in (out / "report.md").read_text()

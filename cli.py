@@ -1,0 +1,90 @@
+"""The command-line edge shared by every command: options from frozen dataclasses, and one-line user errors.
+
+An options dataclass declares each option once, with `option(default, help, ...)`; `add_options` turns its fields
+into argparse flags (so `--help` shows every default) and `from_args` builds the dataclass back. `run(main)` prints
+a `UserError` as one line on stderr with exit code 2; `--debug` (or REPRO_DEBUG=1) shows the traceback instead.
+`Parser` makes argparse's own mistakes (a bad value, an unknown option) one line and exit code 2 as well.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import MISSING, field, fields
+
+from files import UserError
+
+DEBUG_ENV = "REPRO_DEBUG"
+
+
+def option(default, help: str, choices=None, type=None, flag: str | None = None):
+    """A dataclass field that is also a command-line option (`type` parses the text, e.g. a comma list)."""
+    return field(default=default, metadata=dict(help=help, choices=choices, type=type, flag=flag))
+
+
+def comma_list(valid=None):
+    """A parser for "a,b,c" into a tuple, each name checked against `valid`."""
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(x.strip() for x in text.split(",") if x.strip())
+        bad = [x for x in names if valid is not None and x not in valid]
+        if bad or not names:  # ArgumentTypeError: argparse shows this message instead of a generic one
+            raise argparse.ArgumentTypeError(f"{', '.join(bad) or repr(text)} is not a valid choice; valid choices: "
+                                             f"{', '.join(valid)}" if valid else "give a comma-separated list")
+        return names
+    parse.__name__ = "comma-separated list"
+    return parse
+
+
+def comma_ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def add_options(parser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of the options dataclass `cls` (underscores become dashes; bools become switches)."""
+    for f in fields(cls):
+        if f.name in skip or "help" not in f.metadata:
+            continue
+        meta, default = f.metadata, f.default if f.default is not MISSING else None
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        text = meta["help"].replace("%", "%%")  # argparse %-formats help texts
+        help_text = text if default is None else f"{text} (default: {shown})"  # the text says what None means
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action="store_true" if not default else "store_false", help=text)
+            continue
+        kind = meta["type"] or (type(default) if default is not None else str)
+        parser.add_argument(flag, dest=f.name, type=kind, choices=meta["choices"], default=default, help=help_text)
+
+
+def from_args(cls, args, **overrides):
+    """The options dataclass from parsed arguments (fields the parser lacks keep their defaults)."""
+    return cls(**({f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)} | overrides))
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line and exit code 2, like a UserError, not the whole usage text."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (python {self.prog} --help lists every option)\n")
+
+
+RESUME_HINT = "Finished work is saved; run the same command with --resume to continue."
+
+
+def run(main, argv=None, interrupted: str = RESUME_HINT) -> None:
+    """Call main(argv); a UserError is one line on stderr and exit code 2, Ctrl-C a short line and exit 130."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV) == "1"
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        main(argv)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"\ninterrupted. {interrupted}", file=sys.stderr)
+        raise SystemExit(130) from None

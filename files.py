@@ -1,0 +1,200 @@
+"""Where things live and how they are written: paths, atomic files, JSON and JSONL, and directory locks.
+
+Every file the project writes appears whole or not at all (a temporary file beside it, then a rename), and every
+file it reads names itself in the error when it is missing or malformed. A user mistake raises `UserError`, which
+the commands print as one line (cli.py); a program bug raises anything else and keeps its traceback.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_MODEL_DIR = ROOT / "checkpoints" / "SmolLM2-135M-Instruct"
+DATA_DIR = ROOT / "data"
+WHEEL_DIR = DATA_DIR / "wheels"  # every pinned wheel, kept so a rebuild needs no network
+RUNS_DIR = ROOT / "runs"  # every command's default output
+CACHE_DIR = RUNS_DIR / ".cache"  # layer scores and base evaluations, keyed by model and settings
+LOCK_FILE = ".lock"
+
+
+class UserError(ValueError):
+    """A mistake the user can fix (a path, a file, an option): shown as one line, exit code 2, no traceback.
+
+    A ValueError, so library callers that catch bad input as ValueError keep working.
+    """
+
+
+def provenance() -> dict:
+    """What a run's config.json records about where it came from: versions, git commit, command line."""
+    import safetensors
+    import tokenizers
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "tokenizers": tokenizers.__version__, "safetensors": safetensors.__version__},
+            "git_commit": commit, "command": " ".join(sys.argv)}
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file whole or not at all: a temporary file beside it, then an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    except PermissionError as e:
+        raise UserError(f"cannot write {path}: {e.strerror}; choose a writable --out") from None
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {e.strerror}") from None
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); fix or delete it") from None
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    # split on "\n" only: str.splitlines() also splits on the U+2028 / U+0085 that questions and outputs contain
+    path = Path(path)
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is damaged ({e}); delete it and run the command again") from None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_record(path: Path) -> dict:
+    """What a marker remembers of a prepared file: its size and sha256."""
+    return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+
+
+VERIFIED: dict[tuple, str] = {}  # (path, size, mtime) -> sha256 of the files this process hashed
+RACY_NS = 2 * 10**9  # a file written this recently may change again within its mtime's granularity: not cached
+
+
+def damaged_files(root: Path, records: dict[str, dict], full: bool = False) -> list[str]:
+    """Names in `records` whose file is missing or differs: by size always, by sha256 when `full`.
+
+    A file is hashed once per process while its size and mtime stay the same (as git trusts its index), so
+    checking the hashes on every read of a data set costs a stat after the first.
+    """
+    bad = []
+    for name, rec in records.items():
+        path = root / name
+        stat = path.stat() if path.is_file() else None
+        if stat is None or stat.st_size != rec["bytes"]:
+            bad.append(name)
+            continue
+        if not full:
+            continue
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        digest = VERIFIED.get(key) or sha256_of(path)
+        if time.time_ns() - stat.st_mtime_ns > RACY_NS:
+            VERIFIED[key] = digest
+        if digest != rec["sha256"]:
+            bad.append(name)
+    return bad
+
+
+@contextmanager
+def locked(directory: Path, what: str = "run"):
+    """Hold an exclusive lock on `directory` (created if absent); a second holder fails at once, naming the first."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # permission, a read-only file system, a file in the path
+        raise UserError(f"cannot write in {directory}: {e.strerror}; choose a writable directory") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise UserError(f"another {what} (pid {holder}) is using {directory}; wait for it or choose another "
+                            f"directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield directory
+    finally:
+        os.close(fd)  # closing releases the lock; the file stays, so a lock never races its own deletion
+
+
+CONFIG_FILE = "config.json"
+
+
+def check_claim(out: Path, config: dict, resume: bool, resume_keys: tuple[str, ...], kind: str) -> None:
+    """Raise unless `out` may take this run (see claim_output); a config.json without the keys this command writes
+    (a model's config.json, say) is not one of ours."""
+    names = {p.name for p in out.iterdir()} - {LOCK_FILE}
+    try:
+        previous = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8")) if CONFIG_FILE in names else None
+    except (OSError, ValueError):
+        previous = None
+    ours = isinstance(previous, dict) and set(resume_keys or config) <= previous.keys()
+    if names and not ours:
+        raise UserError(f"--out {out} is not empty and holds no {kind} of this project "
+                        f"({', '.join(sorted(names)[:3])}, ...); give a new or empty directory")
+    if len(names) > 1:  # a started run: its config.json and what it made after it
+        if not resume:
+            hint = "Continue it with --resume, or" if resume_keys else "Delete it, or"
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise UserError(f"{out} already holds {article} {kind}. {hint} pass another --out.")
+        now = json.loads(json.dumps(config))  # tuples -> lists
+        changed = [k for k in resume_keys if previous.get(k) != now.get(k)]
+        if changed:
+            raise UserError(f"--resume: {out} was run with different settings: " + ", ".join(
+                f"{k}={previous.get(k)!r} (now {now.get(k)!r})" for k in changed)
+                + ". Use the same settings, or pass another --out.")
+
+
+@contextmanager
+def claim_output(out: Path, config: dict, resume: bool, resume_keys: tuple[str, ...] = (), kind: str = "run"):
+    """Claim `out` for one run, locked for its duration; nothing there that this run did not make is overwritten.
+
+    Accepted: an absent or empty directory, a directory whose only file is a config.json left by a start that
+    failed before doing anything, or (with `resume`) a started run whose `resume_keys` settings equal `config`'s.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a new or empty directory")
+    if out.is_dir() and not (out / LOCK_FILE).exists():  # never locked by a run: refused before a lock file is added
+        check_claim(out, config, resume, resume_keys, kind)
+    with locked(out, kind):
+        check_claim(out, config, resume, resume_keys, kind)  # again, now that no other run can change it
+        write_json(out / CONFIG_FILE, config)
+        yield out

@@ -1,0 +1,59 @@
+"""Statistics, next to each other: intervals for one run, paired tests for two runs on the same items.
+
+METHOD.md section 7. Accuracy gets a Wilson interval and two runs' correctness an exact McNemar test; a per-item
+continuous value (bits per byte) gets the mean paired difference with a seeded paired-bootstrap interval and the
+two-sided Wilcoxon signed-rank p. Pure functions over plain numbers; scipy is the reference the tests compare to.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% (z = 1.96) Wilson score interval for k successes in n trials."""
+    if n == 0:
+        return (0.0, 1.0)
+    p, zz = k / n, z * z
+    center = (p + zz / (2 * n)) / (1 + zz / n)
+    half = z * math.sqrt(p * (1 - p) / n + zz / (4 * n * n)) / (1 + zz / n)
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def mean_interval(values, n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """Mean of per-item values with a percentile-bootstrap 95% interval: {"mean", "ci95", "n"}."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) == 0:
+        return {"mean": float("nan"), "ci95": [float("nan")] * 2, "n": 0}
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    lo, hi = np.percentile(x[idx].mean(axis=1), [2.5, 97.5])
+    return {"mean": float(x.mean()), "ci95": [float(lo), float(hi)], "n": int(len(x))}
+
+
+def mcnemar_exact(a: dict[str, bool], b: dict[str, bool]) -> tuple[int, int, float]:
+    """Exact McNemar test on the items both runs scored -> (only a correct, only b correct, two-sided p)."""
+    from scipy.stats import binomtest
+
+    both = a.keys() & b.keys()
+    only_a = sum(1 for i in both if a[i] and not b[i])
+    only_b = sum(1 for i in both if b[i] and not a[i])
+    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return only_a, only_b, float(p)
+
+
+def paired_difference(a: dict[str, float], b: dict[str, float], n_boot: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = 0) -> dict:
+    """b - a on the items both scored: mean, paired-bootstrap 95% interval, two-sided Wilcoxon signed-rank p.
+
+    For bits per byte a negative difference means run b predicts the gold answers better than run a.
+    """
+    from scipy.stats import wilcoxon
+
+    both = sorted(a.keys() & b.keys())
+    d = np.array([b[i] - a[i] for i in both], dtype=np.float64)
+    out = mean_interval(d, n_boot, seed)
+    out["wilcoxon_p"] = float(wilcoxon(d).pvalue) if len(d) and np.any(d != 0) else 1.0
+    return out
