@@ -4,14 +4,17 @@ An options dataclass declares each option once, with `option(default, help, ...)
 into argparse flags (so `--help` shows every default) and `from_args` builds the dataclass back. `run(main)` prints
 a `UserError` as one line on stderr with exit code 2; `--debug` (or REPRO_DEBUG=1) shows the traceback instead.
 `Parser` makes argparse's own mistakes (a bad value, an unknown option) one line and exit code 2 as well.
+Under torchrun (dist.py) a failing rank says which rank it is and leaves at once, so torchrun stops the others.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import traceback
 from dataclasses import MISSING, field, fields
 
+import dist
 from files import UserError
 
 DEBUG_ENV = "REPRO_DEBUG"
@@ -71,20 +74,39 @@ class Parser(argparse.ArgumentParser):
 RESUME_HINT = "Finished work is saved; run the same command with --resume to continue."
 
 
+def leave(code: int, error: BaseException):
+    """Exit with `code`; in a multi-process run at once (dist.abort), so torchrun stops the other ranks."""
+    if dist.world_size() > 1:
+        dist.abort(code, error)
+    raise SystemExit(code) from None
+
+
 def run(main, argv=None, interrupted: str = RESUME_HINT) -> None:
-    """Call main(argv); a UserError is one line on stderr and exit code 2, Ctrl-C a short line and exit 130."""
+    """Call main(argv); a UserError is one line on stderr and exit code 2, Ctrl-C a short line and exit 130.
+
+    In a multi-process run every message names its rank, and any other error (a bug, a collective that timed out
+    or lost a peer) prints its traceback and exits 1 at once instead of leaving the other ranks waiting.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV) == "1"
     argv = [a for a in argv if a != "--debug"]
     try:
         main(argv)
+        dist.finish()
     except UserError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
+        print(f"error{dist.where()}: {e}", file=sys.stderr)
+        leave(2, e)
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        print(f"\ninterrupted. {interrupted}", file=sys.stderr)
-        raise SystemExit(130) from None
+        print(f"\ninterrupted{dist.where()}. {interrupted}", file=sys.stderr)
+        leave(130, e)
+    except Exception as e:
+        if dist.world_size() == 1:
+            raise
+        traceback.print_exc()
+        first = (str(e).splitlines() or [""])[0]
+        print(f"error{dist.where()}: {type(e).__name__}: {first}", file=sys.stderr)
+        leave(1, e)

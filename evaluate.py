@@ -1,6 +1,7 @@
 """Evaluation (METHOD.md section 6): one multiple-choice scorer, one generation path, gold bits per byte.
 
     python evaluate.py [--model DIR] [--adapter DIR] [--benchmarks a,b] [--limit N] [--metrics acc,bpb] [--out DIR]
+    torchrun --nproc-per-node N evaluate.py ...      # each benchmark's batches dealt out over N processes (dist.py)
 
 Multiple choice ("Question: ...\\nA. ..\\nB. ..\\nAnswer:") is read from the next-token log-probs of " A", " B", ...
 (`--mc-format letter`), or as the log-likelihood of each answer text after "Question: ...\\nAnswer:" divided by its
@@ -25,20 +26,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import dist
 import report
 from answers import compare_math, compare_number, extract_boxed, extract_number, math_equal  # noqa: F401 (SPEC 5)
 from cli import Parser, add_options, comma_list, from_args, option, run
 from data import BenchmarkUnavailable, extracted, load_benchmark
-from files import RUNS_DIR, UserError, claim_output, write_json, write_jsonl
+from files import (CACHE_DIR, RUNS_DIR, UserError, claim_output, json_line, locked, read_json, write_json,
+                   write_jsonl)
 from lora import load_adapter
 from model import Tokenizer, Transformer, default_device, generate, resolve_dtype, right_pad, sequence_nll
-from prepare import ensure_model
+from prepare import ensure_data, ensure_model
 from sandbox import SANDBOX_WORKERS, check_program, run_program  # noqa: F401 (SPEC 5: importable from here)
 from stats import mean_interval, wilson_interval
 from tasks import (BENCHMARKS, CHAT_MODES, CODE_FORMATS, FAMILIES, LETTERS, MC_FORMATS, STAND_INS, TASKS,
                    code_chat_prompt, encode_prompt, extract_code, format_prompt, gold_text, mc_request, uses_chat)
 
 METRICS = ("acc", "bpb")
+BPB_BATCH_TOKENS = 8192  # long golds (MATH solutions) go in smaller batches: less padding, a bar that keeps moving
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,8 @@ class EvalOptions:
     mc_format: str = option("letter", "multiple choice read from answer letters or answer texts", MC_FORMATS)
     chat: str = option("auto", "chat template where a family uses it (math, gsm) and the checkpoint has one",
                        CHAT_MODES)
-    code_format: str = option("completion", "HumanEval as a raw completion, or a chat request for the whole "
-                              "function", CODE_FORMATS)
+    code_format: str = option("auto", "HumanEval as a raw completion, or a chat request for the whole function "
+                              "(auto: chat when the checkpoint has a chat template)", CODE_FORMATS)
     metrics: tuple[str, ...] = option(METRICS, "accuracy and/or gold bits per byte", type=comma_list(METRICS))
     max_new_tokens: int | None = option(None, "new tokens per answer (default: per family: math 512, gsm 320, "
                                               "code 384)", type=int)
@@ -110,19 +114,27 @@ def loglikelihoods(model: Transformer, requests: list[tuple[list[int], list[list
         else:
             rows += [(r, j, ctx + c) for j, c in enumerate(conts)]
     rows.sort(key=lambda row: -len(row[2]))  # similar lengths share a batch
+    batches = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
     device = model.embed_tokens.weight.device
-    out = [[0.0] * len(conts) for _, conts in requests]
-    for start in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False, dynamic_ncols=True):
-        batch = rows[start:start + batch_size]
+    scored = []  # per batch of this rank's share (dist.shard), per row: its log-prob(s)
+    for batch in tqdm(dist.shard(batches), desc=desc, leave=False, dynamic_ncols=True, disable=not dist.is_main()):
         logits = model(right_pad([t for _, _, t in batch]).to(device))  # (B, T, vocab)
+        scored.append([])
         for i, (r, j, t) in enumerate(batch):
             ctx, conts = requests[r]
             if j is None:
                 logp = logits[i, len(ctx) - 1].float().log_softmax(-1)  # (vocab,)
-                out[r] = [logp[c[0]].item() for c in conts]
+                scored[-1].append([logp[c[0]].item() for c in conts])
             else:
                 logp = logits[i, len(ctx) - 1:len(t) - 1].float().log_softmax(-1)  # (len(cont), vocab)
-                out[r][j] = logp.gather(-1, torch.tensor(conts[j], device=device)[:, None]).sum().item()
+                scored[-1].append(logp.gather(-1, torch.tensor(conts[j], device=device)[:, None]).sum().item())
+    out = [[0.0] * len(conts) for _, conts in requests]
+    for batch, values in zip(batches, dist.gather(scored)):
+        for (r, j, _), v in zip(batch, values):
+            if j is None:
+                out[r] = v
+            else:
+                out[r][j] = v
     return out
 
 
@@ -161,30 +173,40 @@ def generate_until(model, tok: Tokenizer, prompts: list[list[int]], finished, ma
                    batch_size: int = 8, desc: str = "") -> list[str]:
     """Greedy continuations, each ending at EOS or once `finished(text so far)` holds (the caller cuts it)."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
-    outputs = [""] * len(prompts)
-    bar = tqdm(total=len(prompts), desc=desc, leave=False, dynamic_ncols=True)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    mine = dist.shard(batches)  # the one-process batches, dealt out over the ranks
+    texts = []
+    bar = tqdm(total=sum(map(len, mine)), desc=desc, leave=False, dynamic_ncols=True, disable=not dist.is_main())
+    for batch in mine:
         new = generate(model, [prompts[i] for i in batch], max_new_tokens, tok.eos_ids,
                        stop=lambda i, ids: finished(tok.decode(ids)),
                        on_step=lambda active: bar.set_postfix(generating=active, refresh=True))
-        for i, ids in zip(batch, new):
-            outputs[i] = tok.decode(ids)
+        texts.append([tok.decode(ids) for ids in new])
         bar.update(len(batch))
     bar.close()
+    outputs = [""] * len(prompts)
+    for batch, decoded in zip(batches, dist.gather(texts)):
+        for i, text in zip(batch, decoded):
+            outputs[i] = text
     return outputs
 
 
+def chat_code(tok: Tokenizer, opts: EvalOptions) -> bool:
+    """HumanEval as a chat request: asked for, or `auto` on a checkpoint with a chat template (on the default
+    instruct model, 3/40 pass as chat and 0/40 as a raw completion: README)."""
+    return tok.chat_template is not None and opts.code_format in ("auto", "chat")
+
+
 def generation_prompt(tok: Tokenizer, family: str, item: dict, opts: EvalOptions) -> list[int]:
-    if family == "code" and opts.code_format == "chat" and tok.chat_template is not None:
+    if family == "code" and chat_code(tok, opts):
         return encode_prompt(tok, code_chat_prompt(item), True)
     return encode_prompt(tok, format_prompt(family, item), uses_chat(tok, family, opts.chat))
 
 
-def grade(family: str, items: list[dict], outputs: list[str], opts: EvalOptions, chat_code: bool) -> list[dict]:
+def grade(family: str, items: list[dict], outputs: list[str], opts: EvalOptions, code_chat: bool) -> list[dict]:
     """Per-item records for generated outputs: what was compared (or the sandbox's verdict) and correctness."""
     if family == "code":
-        programs = [(extract_code(out, x) if chat_code else f"{x['prompt']}{out}")
+        programs = [(extract_code(out, x) if code_chat else f"{x['prompt']}{out}")
                     + f"\n\n{x['test']}\ncheck({x['entry_point']})\n" for x, out in zip(items, outputs)]
         with ThreadPoolExecutor(SANDBOX_WORKERS) as pool:
             verdicts = list(pool.map(lambda p: run_program(p, opts.timeout), programs))
@@ -223,15 +245,25 @@ def score_bpb(model, tok: Tokenizer, name: str, items: list[dict], opts: EvalOpt
     """Per item: the gold completion's NLL (nats), its UTF-8 bytes, bpb = nll / (ln 2 * bytes), and the texts."""
     requests = [bpb_request(tok, name, x, opts) for x in items]
     order = sorted(range(len(items)), key=lambda i: -len(requests[i][2]) - len(requests[i][3]))
-    nll = [0.0] * len(items)
+    batches = []  # longest first, at most batch_size rows and BPB_BATCH_TOKENS padded tokens (the first row sets T)
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * max(
+                len(requests[batches[-1][0]][2]) + len(requests[batches[-1][0]][3]), 1) <= BPB_BATCH_TOKENS:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
     device = model.embed_tokens.weight.device
-    for start in tqdm(range(0, len(order), batch_size), desc=f"{desc} (bpb)", leave=False, dynamic_ncols=True):
-        batch = order[start:start + batch_size]
+    totals = []  # per batch of this rank's share (dist.shard): each row's NLL
+    for batch in tqdm(dist.shard(batches), desc=f"{desc} (bpb)", leave=False, dynamic_ncols=True,
+                      disable=not dist.is_main()):
         tokens = right_pad([requests[i][2] + requests[i][3] for i in batch], tok.pad_id)
         mask = right_pad([[False] * len(requests[i][2]) + [True] * len(requests[i][3]) for i in batch], False,
                          torch.bool)
         total, _ = sequence_nll(model, tokens.to(device), mask.to(device))
-        for i, v in zip(batch, total.tolist()):
+        totals.append(total.tolist())
+    nll = [0.0] * len(items)
+    for batch, values in zip(batches, dist.gather(totals)):
+        for i, v in zip(batch, values):
             nll[i] = v
     out = []
     for x, (context, gold, _, _), v in zip(items, requests, nll):
@@ -271,16 +303,16 @@ def evaluate_benchmark(model, tok: Tokenizer, name: str, items: list[dict], opts
         if family == "mc":
             acc = score_mc(model, tok, items, opts, batch_size, desc=name)
         else:
-            chat_code = family == "code" and opts.code_format == "chat" and tok.chat_template is not None
+            code_chat = family == "code" and chat_code(tok, opts)
             stops = FAMILIES[family].stops
             # A chat answer is complete when its code block closes; a completion at the family's first stop string.
-            finished = (lambda text: text.count("```") >= 2) if chat_code else \
+            finished = (lambda text: text.count("```") >= 2) if code_chat else \
                 (lambda text: any(s in text for s in stops))
             prompts = [generation_prompt(tok, family, x, opts) for x in items]
             outputs = generate_until(model, tok, prompts, finished,
                                      opts.max_new_tokens or FAMILIES[family].max_new_tokens, batch_size, desc=name)
-            outputs = outputs if chat_code else [cut_at_stop(o, stops) for o in outputs]
-            acc = grade(family, items, outputs, opts, chat_code)
+            outputs = outputs if code_chat else [cut_at_stop(o, stops) for o in outputs]
+            acc = dist.gather(grade(family, dist.shard(items), dist.shard(outputs), opts, code_chat))  # sandbox too
         records = [r | a for r, a in zip(records, acc)]
     if "bpb" in opts.metrics:
         records = [r | b for r, b in zip(records, score_bpb(model, tok, name, items, opts, batch_size, desc=name))]
@@ -291,7 +323,8 @@ def evaluate_model(model, tok: Tokenizer, opts: EvalOptions, out_dir: str | Path
                    batch_size: int = 8) -> dict[str, dict]:
     """Score `model` on each benchmark -> {name: {accuracy, n, ci95, bpb, ...} or {status: "not run", why}}.
 
-    Writes <out_dir>/predictions/<name>.jsonl, one record per item.
+    Writes <out_dir>/predictions/<name>.jsonl, one record per item. Under torchrun every rank scores its share of
+    each benchmark's batches and returns the whole result; rank 0 writes, the same bytes as one process.
     """
     model.eval()
     results = {}
@@ -305,12 +338,32 @@ def evaluate_model(model, tok: Tokenizer, opts: EvalOptions, out_dir: str | Path
             continue
         t0 = time.time()
         records = evaluate_benchmark(model, tok, name, items, opts, batch_size)
-        if out_dir is not None:
+        if out_dir is not None and dist.is_main():
             (Path(out_dir) / "predictions").mkdir(parents=True, exist_ok=True)
             write_jsonl(Path(out_dir) / "predictions" / f"{name}.jsonl", records)
-        results[name] = summarize(name, items, records, opts.metrics) | {"seconds": round(time.time() - t0, 1)}
-        print(report.benchmark_line(name, results[name]))
+        results[name] = summarize(name, items, records, opts.metrics)  # no wall time: results are reproducible
+        print(report.benchmark_line(name, results[name], time.time() - t0))
     return results
+
+
+def baseline_dir(model, opts: EvalOptions, fingerprint: str) -> Path:
+    key = json_line([fingerprint, str(model.embed_tokens.weight.dtype), asdict(opts)])
+    return CACHE_DIR / f"base-{fingerprint}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def shared_evaluation(model, tok: Tokenizer, opts: EvalOptions, fingerprint: str, batch_size: int) -> tuple[Path, dict]:
+    """The base model's evaluation, computed once per (weights, dtype, evaluation settings) and shared by every arm
+    (train.py): (its directory under runs/.cache, its results)."""
+    out = baseline_dir(model, opts, fingerprint)
+    with locked(out, "base evaluation"):
+        if dist.from_main((out / "eval_results.json").is_file()):
+            print(f"base evaluation: reusing {out}")
+            return out, read_json(out / "eval_results.json")["benchmarks"]
+        print("base evaluation (shared by every arm with these settings)")
+        results = evaluate_model(model, tok, opts, out, batch_size)
+        if dist.is_main():
+            write_json(out / "eval_results.json", {"settings": asdict(opts), "benchmarks": results})
+    return out, results
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -341,11 +394,14 @@ def default_out(model_dir: Path, adapter: Path | None) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    args.device = dist.init(args.device)  # torchrun: this rank's process group and device; else unchanged
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: give a positive number")
     opts = from_args(EvalOptions, args)
     opts.check_user_data()
-    model_dir = ensure_model(args.model)
+    with dist.main_first():  # rank 0 prepares a missing default model and data; the others then find them
+        model_dir = ensure_model(args.model)
+        ensure_data(full=True)
     if args.adapter is not None and not args.adapter.is_dir():
         raise UserError(f"--adapter {args.adapter}: no such directory (give the adapter/ folder of a train.py run)")
     out = args.out or default_out(model_dir, args.adapter)
@@ -359,7 +415,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.adapter:
             load_adapter(model, args.adapter)
         results = evaluate_model(model, tok, opts, out, args.batch_size)
-        write_json(out / "results.json", config | {"benchmarks": results})
+        if dist.is_main():
+            write_json(out / "results.json", config | {"benchmarks": results})
     print(report.results_table(results))
     print(f"predictions: {out / 'predictions'}")
 

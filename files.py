@@ -10,12 +10,15 @@ import fcntl
 import hashlib
 import json
 import os
+import pickle
 import platform
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+import dist
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = ROOT / "checkpoints" / "SmolLM2-135M-Instruct"
@@ -63,18 +66,26 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+def json_line(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=isinstance(obj, list)) + "\n"
+
+
 def write_json(path: Path, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def read_json(path: Path):
+def read_json(path: Path, fix: str = "fix or delete it", what: str | None = None):
+    """A JSON file; with `what`, it must hold a JSON object (a config). Errors name the file and `fix`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); fix or delete it") from None
+        raise UserError(f"{path} is not valid JSON ({e}); {fix}") from None
+    if what is not None and not isinstance(data, dict):
+        raise UserError(f"{path} is not {what} (a JSON object); {fix}")
+    return data
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -133,8 +144,14 @@ def damaged_files(root: Path, records: dict[str, dict], full: bool = False) -> l
 
 @contextmanager
 def locked(directory: Path, what: str = "run"):
-    """Hold an exclusive lock on `directory` (created if absent); a second holder fails at once, naming the first."""
+    """Hold an exclusive lock on `directory` (created if absent); a second holder fails at once, naming the first.
+
+    In a multi-process run only rank 0 locks (and writes): the other ranks of the same run pass through.
+    """
     directory = Path(directory)
+    if not dist.is_main():
+        yield directory
+        return
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -188,8 +205,13 @@ def claim_output(out: Path, config: dict, resume: bool, resume_keys: tuple[str, 
 
     Accepted: an absent or empty directory, a directory whose only file is a config.json left by a start that
     failed before doing anything, or (with `resume`) a started run whose `resume_keys` settings equal `config`'s.
+    In a multi-process run rank 0 claims and writes; the other ranks wait until it has, and write nothing.
     """
     out = Path(out)
+    if not dist.is_main():
+        dist.barrier()
+        yield out
+        return
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a new or empty directory")
     if out.is_dir() and not (out / LOCK_FILE).exists():  # never locked by a run: refused before a lock file is added
@@ -197,4 +219,44 @@ def claim_output(out: Path, config: dict, resume: bool, resume_keys: tuple[str, 
     with locked(out, kind):
         check_claim(out, config, resume, resume_keys, kind)  # again, now that no other run can change it
         write_json(out / CONFIG_FILE, config)
+        dist.barrier()
         yield out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training checkpoints: the adapter tensors, the optimizer and the step, with the previous one kept
+
+CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, step: int) -> None:
+    """checkpoint.pt, the previous one kept as checkpoint.prev.pt, so a damaged file always has a fallback.
+    Rank 0 writes it: every rank holds the same adapter and optimizer state."""
+    import torch
+
+    if not dist.is_main():
+        return
+    state = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
+    path, tmp = run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.tmp"
+    torch.save({"step": step, "adapter": state, "optimizer": optimizer.state_dict()}, tmp)
+    if path.is_file():
+        os.replace(path, run_dir / PREVIOUS_CHECKPOINT)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(run_dir: Path, device, previous: bool) -> dict | None:
+    import torch
+
+    path = run_dir / (PREVIOUS_CHECKPOINT if previous else CHECKPOINT)
+    if not path.is_file():
+        if previous:
+            raise UserError(f"--previous-checkpoint: {path} does not exist; use --restart to train from step 0")
+        return None
+    try:
+        return torch.load(path, map_location=device)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # truncated, cut or overwritten
+        fallback = run_dir / PREVIOUS_CHECKPOINT
+        hint = (f"add --previous-checkpoint to continue from {fallback.name}, or " if fallback.is_file() and
+                not previous else "")
+        why = (str(e).splitlines() or [type(e).__name__])[0][:80]  # an empty file raises a bare EOFError
+        raise UserError(f"{path} is damaged ({why}); {hint}add --restart to train this arm from step 0") from None

@@ -14,6 +14,7 @@ matrices' dtype and is cast back to the base output's dtype; under bf16 autocast
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from garfa import GARFA_FILE, check_layers, freeze_base_weights, garfa_layers, garfa_state, load_garfa_state, read_garfa
-from files import UserError
+from files import UserError, read_json
 from model import Transformer
 
 # Each target linear of a Block and the submodule that holds it; short names drop "_proj" ("q" -> "q_proj").
@@ -73,18 +74,32 @@ def target_module(model: Transformer, layer: int, target: str) -> nn.Module:
 # ----------------------------------------------------------------------------------------------------------------
 # The module
 
+def keep_mask(x: torch.Tensor, p: float, rows: list[tuple[int, int]] | None) -> torch.Tensor:
+    """Which elements of x (B, T, in) dropout keeps. rows None: drawn from the global RNG, like nn.Dropout. Else one
+    (seed, length) per batch row: row i's first `length` positions come from its own generator, so a row's masks do
+    not depend on which rows share its batch, how far the batch is padded, or how many processes train (dist.py)."""
+    if rows is None:
+        return torch.rand(x.shape, device=x.device) >= p
+    keep = torch.ones(x.shape, dtype=torch.bool, device=x.device)  # padding: never read by a real position
+    for i, (seed, length) in enumerate(rows):
+        g = torch.Generator(x.device).manual_seed(seed)
+        keep[i, :length] = torch.rand((length, *x.shape[2:]), generator=g, device=x.device) >= p  # (length, in)
+    return keep
+
+
 class DroppedDown(torch.autograd.Function):
     """dropout(x) @ A.T for a LoRA A (r, in), keeping only a 1-byte keep-mask for backward.
 
     nn.Dropout would keep a float copy of the dropped input and, on CPU, a float mask: 8 bytes per input element and
     per target, about half of a LoRA step's saved activations. The base linear already keeps x itself, so this costs
     1 byte per element. Same distribution as nn.Dropout: each element kept with probability 1 - p, scaled 1/(1 - p).
+    The mask comes from the global RNG, or from per-row seeds (`keep_mask`, `set_dropout_rows`).
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, A, p: float):
-        keep = torch.rand(x.shape, device=x.device) >= p  # (..., in) bool
+    def forward(ctx, x, A, p: float, rows: list[tuple[int, int]] | None = None):
+        keep = keep_mask(x, p, rows)  # (..., in) bool
         ctx.scale = 1 / (1 - p)
         ctx.save_for_backward(x, keep, A)
         return F.linear((x.to(A.dtype) * keep).mul_(ctx.scale), A)  # (..., r)
@@ -99,7 +114,7 @@ class DroppedDown(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             h = (x.to(grad.dtype) * keep).mul_(ctx.scale)
             grad_A = (grad.reshape(-1, grad.shape[-1]).T @ h.reshape(-1, h.shape[-1])).to(A.dtype)  # (r, in)
-        return grad_x, grad_A, None
+        return grad_x, grad_A, None, None
 
 
 class LoRALinear(nn.Module):
@@ -115,6 +130,7 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, dtype=torch.float32, device=device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's (and PEFT's) init, from the global RNG
         self.dropout = float(dropout)  # probability, applied to the adapter's input in training mode (DroppedDown)
+        self.dropout_rows = None  # per batch row (seed, length) of its dropout masks, or None: the global RNG
         self.merged = False  # True while (alpha / r) B A is folded into `weight` (merge_lora)
         self.train(base.training)  # a new module starts in training mode: dropout would act inside an eval() model
 
@@ -126,7 +142,7 @@ class LoRALinear(nn.Module):
         if self.merged:
             return y
         if self.training and self.dropout > 0:
-            a = DroppedDown.apply(x, self.lora_A, self.dropout)
+            a = DroppedDown.apply(x, self.lora_A, self.dropout, self.dropout_rows)
         else:
             a = F.linear(x.to(self.lora_A.dtype), self.lora_A)  # (..., r)
         return y + (self.scaling * F.linear(a, self.lora_B)).to(y.dtype)  # (..., out)
@@ -145,6 +161,16 @@ def lora_modules(model: Transformer) -> dict[tuple[int, str], LoRALinear]:
             if isinstance(module, LoRALinear):
                 found[(layer, target)] = module
     return found
+
+
+def set_dropout_rows(model: Transformer, rows: list[tuple[tuple, int]] | None) -> None:
+    """Tie the next batch's dropout masks to its rows: per batch row (key, length), the key naming the row for the
+    whole run (train.py: the seed and the row's slot in the data order); each linear mixes in its own (layer,
+    target). None: back to the global RNG."""
+    for (layer, target), module in lora_modules(model).items():
+        module.dropout_rows = None if rows is None else [
+            (int.from_bytes(hashlib.blake2b(repr((key, layer, target)).encode(), digest_size=8).digest(), "little"),
+             length) for key, length in rows]
 
 
 def lora_layers(model: Transformer) -> list[int]:
@@ -271,12 +297,7 @@ def read_lora(adapter_dir: Path, model: Transformer) -> tuple[dict, dict[str, to
     from safetensors.torch import load_file
 
     config_path, weights_path = adapter_dir / PEFT_CONFIG_FILE, adapter_dir / PEFT_WEIGHTS_FILE
-    try:
-        cfg = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{config_path}: not valid JSON ({e}); fix it, or train the adapter again") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"{config_path}: not a PEFT adapter config (a JSON object); train the adapter again")
+    cfg = read_json(config_path, "fix it, or train the adapter again", what="a PEFT adapter config")
     if cfg.get("peft_type") != "LORA":
         raise UserError(f"{config_path}: peft_type {cfg.get('peft_type')!r} is not supported (only 'LORA')")
     for key, plain in PLAIN_LORA.items():

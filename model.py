@@ -10,14 +10,13 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from files import UserError
+from files import UserError, read_json
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -109,12 +108,7 @@ class ModelConfig:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path} not found: a model directory needs a Hugging Face config.json")
-        try:
-            hf = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path} is not valid JSON ({e}); fix it or download the model again") from None
-        if not isinstance(hf, dict):
-            raise UserError(f"{path} is not a Hugging Face config (a JSON object); download the model again")
+        hf = read_json(path, "fix it or download the model again", what="a Hugging Face config")
         return cls.from_hf(hf, source=str(path))
 
 
@@ -469,55 +463,5 @@ def sequence_nll(model: Transformer, tokens: torch.Tensor, target_mask: torch.Te
     return total, predict.sum(-1)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Greedy generation: left-padded batch, one prefill, then one token per step through the preallocated cache.
-
-@torch.inference_mode()
-def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int = 64,
-             stop_ids: list[int] | None = None, stop: Callable[[int, list[int]], bool] | None = None,
-             on_step: Callable[[int], None] | None = None) -> list[list[int]]:
-    """Greedy continuation of each prompt, one prefill and then one cached step per token for the whole batch.
-
-    A row ends at its first stop id (not included), or once `stop(row, new_ids)` is true (e.g. a stop string
-    appeared; its ids are kept), and leaves the batch. `on_step(active_rows)` is called after every step.
-    """
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("generate: every prompt needs at least one token")
-    stop_set = set(model.config.eos_token_ids if stop_ids is None else stop_ids)
-    device = model.embed_tokens.weight.device
-    B, P = len(prompts), max(len(p) for p in prompts)
-    tokens = torch.zeros(B, P, dtype=torch.long)
-    key_mask = torch.zeros(B, P + max_new_tokens, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        tokens[i, P - len(p):] = torch.tensor(p)
-        key_mask[i, P - len(p):] = True
-    tokens, key_mask = tokens.to(device), key_mask.to(device)
-    positions = (key_mask[:, :P].long().cumsum(-1) - 1).clamp(min=0)  # (B, P): real tokens count from 0
-    cache = model.new_cache(B, P + max_new_tokens)
-    out = [[] for _ in range(B)]
-    active = list(range(B))  # batch row j generates for prompt active[j]
-    for _ in range(max_new_tokens):
-        logits = model(tokens, positions=positions, cache=cache, key_mask=key_mask[:, :cache.pos + tokens.shape[1]],
-                       last_only=True)
-        tokens = logits[:, -1].argmax(-1, keepdim=True)  # (B_active, 1)
-        positions = positions[:, -1:] + 1
-        still = []
-        for j, t in enumerate(tokens[:, 0].tolist()):
-            i = active[j]
-            if t not in stop_set:
-                out[i].append(t)
-                if stop is None or not stop(i, out[i]):
-                    still.append(j)
-        if on_step is not None:
-            on_step(len(still))
-        if len(still) < len(active):
-            if not still:
-                break
-            rows = torch.tensor(still, device=device)
-            cache.keep(rows)
-            tokens, positions, key_mask = tokens[rows], positions[rows], key_mask[rows]
-            active = [active[j] for j in still]
-    return out
-
-
+from generate import generate  # noqa: E402,F401  (METHOD.md 8: `from model import generate` stays valid)
 from tokenizer import Tokenizer  # noqa: E402,F401  (METHOD.md 8: `from model import Tokenizer` stays valid)

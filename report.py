@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from files import read_jsonl, write_atomic, write_jsonl
-from stats import mcnemar_exact, paired_difference, wilson_interval
+from stats import mcnemar_exact, paired_difference
 from tasks import STAND_INS
 
 READING_KEYS = ("calib", "sens_pool", "sens_repr", "sens_dist", "influence")
@@ -105,8 +105,7 @@ def multiverse_summary(mv: dict) -> dict:
     """Verdict counts (raw and with depth held fixed); per choice the mean r_s at each value (the others averaged:
     the design is full factorial) and how many matched variants (same calibration set and other choices) change
     sign when it alone switches; and, in words, the choice that decides the sign."""
-    recs, readings = mv["records"], READING_KEYS[1:]
-    values = {c: list(dict.fromkeys(x["options"][c] for x in recs)) for c in READING_KEYS}
+    recs, readings, values = mv["records"], list(mv["about"]), mv["choices"]
     effects = {}
     for choice in readings:
         a, b = values[choice]
@@ -128,19 +127,7 @@ def multiverse_summary(mv: dict) -> dict:
     return {"n_variants": len(recs), "verdicts": count([x["verdict"] for x in recs]),
             "partial_verdicts": count([x["partial_depth"]["verdict"] for x in recs]),
             "covers_paper": sum(int(lo <= PAPER_SPEARMAN <= hi) for lo, hi in (x["spearman"]["ci95"] for x in recs)),
-            "effects": effects, "sign_decided_by": top, "in_words": words, "choices": values}
-
-
-def write_multiverse(out: Path, mv: dict) -> str:
-    """multiverse.json (the records plus their summary; an undefined number is null), .md and .png in `out`;
-    returns the console summary."""
-    mv = mv | {"summary": multiverse_summary(mv)}
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "multiverse.json", json.dumps(json.loads(json.dumps(mv), parse_constant=lambda _: None),
-                                                      indent=1) + "\n")
-    write_atomic(out / "multiverse.md", multiverse_markdown(mv))
-    write_atomic(out / "multiverse.png", plot_multiverse(mv))
-    return multiverse_lines(mv)
+            "effects": effects, "sign_decided_by": top, "in_words": words}
 
 
 def multiverse_setup(mv: dict) -> str:
@@ -155,39 +142,29 @@ def multiverse_setup(mv: dict) -> str:
             f"top-{recs[0]['k']} of {L} layers, {o['bootstrap']} bootstrap resamples, fd eps {o['fd_eps']}")
 
 
-def multiverse_lines(mv: dict) -> str:
+def multiverse_findings(mv: dict) -> list[str]:
+    """The summary in lines: verdict counts, raw and with depth held fixed, the paper's value, the sign."""
     s = mv["summary"]
-    counts = ", ".join(f"{n} {v}" for v, n in s["verdicts"].items())
-    partial = ", ".join(f"{n} {v}" for v, n in s["partial_verdicts"].items())
-    lines = [multiverse_setup(mv), f"verdicts: {counts}", f"with depth held fixed (partial r_s): {partial}",
-             f"CI covers the paper's r_s = {PAPER_SPEARMAN}: {s['covers_paper']} of {s['n_variants']}"]
+    counts = lambda verdicts: ", ".join(f"{n} {v}" for v, n in verdicts.items())
+    table = ["| choice | mean r_s | mean r_s | main effect | sign flips (matched pairs) |", "|---|---|---|---|---|"]
     for choice, e in s["effects"].items():
         (a, ra), (b, rb) = e["mean_r"].items()
-        lines.append(f"main effect of {choice}: mean r_s {ra:+.3f} ({a}) vs {rb:+.3f} ({b}), effect {e['effect']:+.3f}, "
-                     f"sign flips {e['sign_flips']}/{e['matched']}")
-    return "\n".join(lines + [s["in_words"]])
+        table.append(f"| `--{choice.replace('_', '-')}` | {a}: {ra:+.3f} | {b}: {rb:+.3f} | {e['effect']:+.3f} "
+                     f"({b} - {a}) | {e['sign_flips']} of {e['matched']} |")
+    return [f"- verdicts: {counts(s['verdicts'])}", f"- with depth held fixed (partial r_s): "
+            f"{counts(s['partial_verdicts'])}", f"- 95% CI covers the paper's r_s = {PAPER_SPEARMAN}: "
+            f"{s['covers_paper']} of {s['n_variants']}", f"- {s['in_words']}", ""] + table
 
 
 def multiverse_markdown(mv: dict) -> str:
     """multiverse.md: the summary, the main effects, and every variant sorted by r_s."""
-    s, recs = mv["summary"], sorted(mv["records"], key=lambda x: x["spearman"]["r"])
     fmt = lambda x, spec=".3f": "n/a" if x is None or x != x else format(x, spec)
     lines = [f"# Co-localization under every reading: {Path(mv['model']).name}", "", multiverse_setup(mv) + ".",
-             f"The partial r_s holds the layer index fixed. The paper reports r_s = {PAPER_SPEARMAN} "
-             "(Llama 3.1 8B).", "", "## Summary", "",
-             "- verdicts: " + ", ".join(f"{n} {v}" for v, n in s["verdicts"].items()),
-             "- with depth held fixed (partial r_s): " + ", ".join(f"{n} {v}" for v, n in s["partial_verdicts"].items()),
-             f"- 95% CI covers the paper's {PAPER_SPEARMAN}: {s['covers_paper']} of {s['n_variants']}",
-             f"- {s['in_words']}", "", "| choice | mean r_s | mean r_s | main effect | sign flips (matched pairs) |",
-             "|---|---|---|---|---|"]
-    for choice, e in s["effects"].items():
-        (a, ra), (b, rb) = e["mean_r"].items()
-        lines.append(f"| `--{choice.replace('_', '-')}` | {a}: {ra:+.3f} | {b}: {rb:+.3f} | {e['effect']:+.3f} "
-                     f"({b} - {a}) | {e['sign_flips']} of {e['matched']} |")
-    lines += ["", "## Every variant, sorted by r_s", "",
-              "| # | calibration | pool | repr | dist | influence | r_s | p | 95% CI | partial r_s | partial p | "
-              "verdict | top-k S | top-k I | Jaccard | depth S / I |", "|" + "---|" * 16]
-    for i, x in enumerate(recs, 1):
+             f"The partial r_s holds the layer index fixed. The paper reports r_s = {PAPER_SPEARMAN} (Llama 3.1 8B).",
+             "", "## Summary", "", *multiverse_findings(mv), "", "## Every variant, sorted by r_s", "",
+             "| # | calibration | pool | repr | dist | influence | r_s | p | 95% CI | partial r_s | partial p | "
+             "verdict | top-k S | top-k I | Jaccard | depth S / I |", "|" + "---|" * 16]
+    for i, x in enumerate(sorted(mv["records"], key=lambda x: x["spearman"]["r"]), 1):
         o, sp, pd = x["options"], x["spearman"], x["partial_depth"]
         lines.append(f"| {i} | {x['calib_set']} | {o['sens_pool']} | {o['sens_repr']} | {o['sens_dist']} | "
                      f"{o['influence']} | {sp['r']:+.3f} | {fmt(sp['p'], '.2g')} | [{fmt(sp['ci95'][0])}, "
@@ -204,44 +181,52 @@ def plot_multiverse(mv: dict) -> bytes:
 
     plt = pyplot()
     s, recs = mv["summary"], sorted(mv["records"], key=lambda x: x["spearman"]["r"])
-    x, n = np.arange(len(recs)), len(recs)
+    x, nan = np.arange(len(recs)), lambda v: np.nan if v is None else v
     r = np.array([v["spearman"]["r"] for v in recs])
-    ci = np.array([[np.nan if c is None else c for c in v["spearman"]["ci95"]] for v in recs], dtype=float)
-    rows = [(choice, value) for choice, values in s["choices"].items() for value in values]
-    fig, (ax, dots) = plt.subplots(2, 1, sharex=True, figsize=(max(9.0, 3 + 0.11 * n), 8),
+    ci = np.array([[nan(c) for c in v["spearman"]["ci95"]] for v in recs], dtype=float)
+    rows = [(choice, value) for choice, values in mv["choices"].items() for value in values]
+    fig, (ax, dots) = plt.subplots(2, 1, sharex=True, figsize=(max(9.0, 3 + 0.11 * len(recs)), 8),
                                    gridspec_kw=dict(height_ratios=[3, 0.28 * len(rows)]))
     for name, color in VERDICT_COLORS.items():
         idx = [i for i, v in enumerate(recs) if v["verdict"] == name]
         if idx:
             ax.errorbar(x[idx], r[idx], yerr=np.abs(ci[idx].T - r[idx]), fmt="o", ms=3.5, color=color,
                         elinewidth=0.8, capsize=0, label=f"{name} ({len(idx)})")
-    partial = np.array([np.nan if v["partial_depth"]["r"] is None else v["partial_depth"]["r"] for v in recs])
-    ax.scatter(x, partial, marker="_", s=40, color="black", label="partial r_s, depth held fixed")
+    ax.scatter(x, [nan(v["partial_depth"]["r"]) for v in recs], marker="_", s=40, color="black",
+               label="partial r_s, depth held fixed")
     ax.axhline(0, color="black", lw=0.6)
     ax.axhline(PAPER_SPEARMAN, color="tab:green", ls="--", lw=1.2, label=f"paper: r_s = {PAPER_SPEARMAN} "
                "(Llama 3.1 8B)")
     ax.set_ylim(-1.05, 1.05)
     ax.set_ylabel("Spearman r_s(S, I), 95% CI")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")  # sorted ascending: the upper left stays empty
     title = f"Spearman r_s(S, I) under every reading. {multiverse_setup(mv)}. {s['in_words']}"
     ax.set_title("\n".join(textwrap.wrap(title, 150)), fontsize=8.5)
     for j, (choice, value) in enumerate(rows):
         used = [i for i, v in enumerate(recs) if v["options"][choice] == value]
-        dots.scatter(x[used], np.full(len(used), j), s=9, color="tab:gray" if s["choices"][choice].index(value) else
-                     "black")  # black: the default value
+        default = mv["choices"][choice].index(value) == 0
+        dots.scatter(x[used], np.full(len(used), j), s=9, color="black" if default else "tab:gray")
     dots.set_yticks(range(len(rows)), [f"{c.replace('_', '-')} = {v}" for c, v in rows], fontsize=8)
     dots.set_ylim(len(rows) - 0.5, -0.5)
-    dots.set_xlabel("variant, sorted by r_s")
+    dots.set_xlabel("variant, sorted by r_s (black dots: the default value of each choice)")
     dots.grid(axis="y", lw=0.3)
     return png_bytes(fig)
 
 
+def write_multiverse(out: Path, mv: dict) -> str:
+    """multiverse.json (the records plus their summary; an undefined number is null), .md and .png in `out`;
+    returns the console summary."""
+    mv = mv | {"summary": multiverse_summary(mv)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "multiverse.json", json.dumps(json.loads(json.dumps(mv), parse_constant=lambda _: None),
+                                                      indent=1) + "\n")
+    write_atomic(out / "multiverse.md", multiverse_markdown(mv))
+    write_atomic(out / "multiverse.png", plot_multiverse(mv))
+    return "\n".join([multiverse_setup(mv), *multiverse_findings(mv)])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Benchmarks, arms and the ablation (evaluate.py, train.py)
-
-def json_line(obj) -> str:
-    return json.dumps(obj, ensure_ascii=False, sort_keys=isinstance(obj, list)) + "\n"
-
 
 def pct(x: float) -> str:
     return f"{100 * x:.1f}"
@@ -263,7 +248,7 @@ def fmt_bpb(r: dict | None) -> str:
     return f"{b['mean']:.4f} [{b['ci95'][0]:.4f}, {b['ci95'][1]:.4f}]{sd}"
 
 
-def benchmark_line(name: str, r: dict) -> str:
+def benchmark_line(name: str, r: dict, seconds: float) -> str:
     parts = [name + ":"]
     if "accuracy" in r:
         parts.append(f"{pct(r['accuracy'])}% [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}]")
@@ -271,18 +256,18 @@ def benchmark_line(name: str, r: dict) -> str:
             parts.append(f"(chance {pct(r['chance'])}%)")
     if "bpb" in r:
         parts.append(f"bpb {r['bpb']['mean']:.4f} [{r['bpb']['ci95'][0]:.4f}, {r['bpb']['ci95'][1]:.4f}]")
-    return " ".join(parts + [f"n={r['n']} in {r.get('seconds', 0):.0f} s"])
+    return " ".join(parts + [f"n={r['n']} in {seconds:.0f} s"])
 
 
 def results_table(results: dict[str, dict]) -> str:
-    lines = ["| benchmark | accuracy % [95% CI] | chance % | gold bpb [95% CI] | seconds | note |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| benchmark | accuracy % [95% CI] | chance % | gold bpb [95% CI] | note |",
+             "|---|---|---|---|---|"]
     for name, r in results.items():
         if "status" in r:
-            lines.append(f"| {name} | not run | | | | {r['why']} |")
+            lines.append(f"| {name} | not run | | | {r['why']} |")
             continue
         chance = pct(r["chance"]) if "chance" in r else ""
-        lines.append(f"| {name} | {fmt_score(r)} | {chance} | {fmt_bpb(r)} | {r.get('seconds', '')} | "
+        lines.append(f"| {name} | {fmt_score(r)} | {chance} | {fmt_bpb(r)} | "
                      f"{r.get('note', '')} |")
     return "\n".join(lines)
 
@@ -325,32 +310,6 @@ def paired_tests(dir_a: Path, dir_b: Path, benchmarks) -> dict[str, dict]:
         if test:
             out[name] = test
     return out
-
-
-def aggregate_seeds(per_seed: dict[int, dict]) -> dict:
-    """One arm over seeds: per-seed values, and the across-seed mean and sd of accuracy and mean bpb."""
-    first = next(iter(per_seed.values()))
-    benchmarks = {}
-    for name, r in first["benchmarks"].items():
-        runs = [res["benchmarks"][name] for res in per_seed.values()]
-        if "status" in r:
-            benchmarks[name] = r
-            continue
-        agg = {"n": r["n"], "seeds": {str(s): {k: res["benchmarks"][name].get(k) for k in ("accuracy", "bpb")}
-                                      for s, res in per_seed.items()}}
-        if "accuracy" in r:
-            acc = np.array([x["accuracy"] for x in runs])
-            k, n = round(acc.mean() * r["n"]), r["n"]
-            agg |= dict(accuracy=float(acc.mean()), accuracy_sd=float(acc.std(ddof=1)), ci95=list(wilson_interval(k, n)),
-                        **{key: r[key] for key in ("chance", "metric", "note") if key in r})
-        if "bpb" in r:
-            means = np.array([x["bpb"]["mean"] for x in runs])
-            agg["bpb"] = {"mean": float(means.mean()), "sd": float(means.std(ddof=1)), "n": r["n"],
-                          "ci95": [float(np.mean([x["bpb"]["ci95"][i] for x in runs])) for i in (0, 1)]}
-        benchmarks[name] = agg
-    return {**{k: v for k, v in first.items() if k not in ("benchmarks", "seed", "training")},
-            "seeds": list(per_seed), "benchmarks": benchmarks,
-            "training": {str(s): res["training"] for s, res in per_seed.items()}}
 
 
 def write_mean_predictions(arm_dir: Path, seed_dirs: list[Path], benchmarks) -> None:
@@ -489,12 +448,3 @@ def write_comparison(out_dir: Path, arm_results: dict[str, dict], tests: dict[st
     ax.set_title(f"Gold bits per byte: other arm minus sens-sens ({model})")
     ax.legend(fontsize=8)
     write_atomic(out_dir / "bpb_differences.png", png_bytes(fig))
-
-
-def phase_line(job, arms, out: Path) -> str:
-    """One line up front: which phases will run, in which directory."""
-    t, e = job.train, job.eval
-    train_phase = f"training {len(arms) - (arms[-1].name == 'base')} arm(s) x {len(job.seeds)} seed(s) x {t.steps} steps"
-    return (f"phases: layer scoring (cached per model and options) -> base evaluation (cached) -> {train_phase} -> "
-            f"evaluation of {', '.join(e.benchmarks)} ({'all' if e.limit is None else e.limit} items each, metrics "
-            f"{','.join(e.metrics)}) -> reports in {out}")

@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 import time
 from contextlib import contextmanager
@@ -38,14 +39,14 @@ from prepare import ensure_model
 from tasks import CHAT_MODES, FAMILIES, LETTERS, SKILLS, SOURCE_SKILL, SOURCES, encode_prompt, uses_chat
 from tokenizer import Tokenizer
 
-SCORES_VERSION = "1"  # bump when a score's definition changes, so cached scores are recomputed
+SCORES_VERSION = "2"  # bump when a score's definition changes, so cached scores are recomputed
 CALIB_FILE = ROOT / "calibration_pairs.json"
 AUTO_MAX_CHARS = 500  # auto pairs keep short completions, so scoring stays fast
 CODE_MUTATIONS = ((" <= ", " < "), (" < ", " <= "), (" >= ", " > "), (" > ", " >= "), (" == ", " != "),
                   (" != ", " == "), (" + ", " - "), (" - ", " + "), (" and ", " or "), ("True", "False"))
 ALPHA = 0.05  # significance level of the verdict
 READINGS = ("sens_pool", "sens_repr", "sens_dist", "influence")  # the choices the multiverse crosses (4.4b)
-FD_BATCH = 8  # pairs per finite-difference batch (16 rows: each at +eps and -eps)
+FD_BATCH = 2  # pairs per finite-difference batch (4 rows: each at +eps and -eps); in length order, little padding
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,9 @@ def mutate_answer(item: dict, rng: np.random.Generator) -> str | None:
         return f" {LETTERS[wrong]}"
     if family in ("math", "gsm"):  # change the final integer answer by a small nonzero amount
         pattern = r"\\boxed\{(-?\d+)\}" if family == "math" else r"The answer is (-?\d+)\.$"
-        found = list(re.finditer(pattern, text))
-        if not found:
+        m = next(reversed(list(re.finditer(pattern, text))), None)  # the last one
+        if m is None:
             return None
-        m = found[-1]
         wrong = int(m.group(1)) + int(rng.choice([-2, -1, 1, 2]))
         return text[:m.start(1)] + str(wrong) + text[m.end(1):]
     for old, new in (CODE_MUTATIONS[i] for i in rng.permutation(len(CODE_MUTATIONS))):
@@ -233,9 +233,7 @@ def hidden_distances(model: Transformer, encoded: list[EncodedPair]) -> dict[tup
     """{(pool, repr): {"cosine", "l2", "norm"}}, each (P, L): both distances of s+ vs s- and the mean norm of the
     pooled states, for all eight S readings from one forward pass per pair. Pooling is linear, so delta pools first:
     pool(h_l) - pool(h_{l-1}), where h_{-1} is the embedding output (the stream entering block 0)."""
-    device = model.embed_tokens.weight.device
-    out = {(pool, r): {"cosine": [], "l2": [], "norm": []} for pool in CHOICES["sens_pool"]
-           for r in CHOICES["sens_repr"]}
+    device, out = model.embed_tokens.weight.device, {}
     for pair in tqdm(encoded, desc="sensitivity", leave=False, dynamic_ncols=True):
         rows = [pair.prompt + pair.correct, pair.prompt + pair.incorrect]
         tokens = right_pad(rows).to(device)
@@ -246,7 +244,7 @@ def hidden_distances(model: Transformer, encoded: list[EncodedPair]) -> dict[tup
                       for i in range(2)]  # 2 x (L + 1, D), float32: the default model's stream reaches ~2.4e4
             for repr_ in CHOICES["sens_repr"]:
                 a, b = (x[1:] - x[:-1] if repr_ == "delta" else x[1:] for x in pooled)  # (L, D)
-                d = out[pool, repr_]
+                d = out.setdefault((pool, repr_), {"cosine": [], "l2": [], "norm": []})
                 d["cosine"].append(distance(a, b, "cosine"))
                 d["l2"].append(distance(a, b, "l2"))
                 d["norm"].append((a.norm(dim=-1) + b.norm(dim=-1)) / 2)
@@ -286,8 +284,8 @@ def fd_per_pair(model: Transformer, encoded: list[EncodedPair], eps: float) -> n
     i.e. GARFA's rotation tables at log_scale = +-eps on every KV head of l, bit for bit.
 
     Blocks below l do not see a change at l, so one unperturbed pass gives the stream entering each block and only
-    blocks l..L-1 run again, the +eps and -eps rows in one batch: L (L + 1) / 2 block calls per batch instead of
-    2 L^2. Pairs are batched in length order, so little padding is computed.
+    blocks l..L-1 run again, the +eps and -eps rows in one batch: (L + 1) / 2 forward passes' worth of blocks per
+    sign instead of L. Pairs go in length order, a few at a time, so little padding is computed.
     """
     L, device, inv_freq = model.config.n_layers, model.embed_tokens.weight.device, model.inv_freq.float()
     per_pair = np.zeros((len(encoded), L))
@@ -301,9 +299,9 @@ def fd_per_pair(model: Transformer, encoded: list[EncodedPair], eps: float) -> n
         _, blocks = model.hidden_states(tokens, output_hidden_states=True)
         entering = [model.embed_tokens(tokens)] + blocks[:-1]  # the stream entering each block, (B, T, D)
         shared = [t.expand(2 * B, -1, -1, -1) for t in rope_cos_sin(positions, inv_freq[None])]  # (2B, 1, T, hd)
+        tables = [rope_cos_sin(positions, inv_freq[None] * torch.tensor(sign * eps).exp()) for sign in (1, -1)]
+        perturbed = [torch.cat([t[i].expand(B, -1, -1, -1) for t in tables]) for i in range(2)]  # cos, sin
         for layer in range(L):
-            tables = [rope_cos_sin(positions, inv_freq[None] * torch.tensor(sign * eps).exp()) for sign in (1, -1)]
-            perturbed = [torch.cat([t[i].expand(B, -1, -1, -1) for t in tables]) for i in range(2)]  # cos, sin
             x = entering[layer].repeat(2, 1, 1)  # (2B, T, D): rows at +eps, then the same rows at -eps
             for j in range(layer, L):
                 x = model.layers[j](x, positions, inv_freq, perturbed if j == layer else shared)
@@ -396,10 +394,9 @@ def model_fingerprint(model_dir: str | Path) -> str:
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
             h.update(f"{path.name}:{size}".encode() + f.read(min(n, size)))
-            f.seek(0)
-            h.update(f.read(sample))
-            f.seek(max(0, size - sample))
-            h.update(f.read(sample))
+            for offset in (0, max(0, size - sample)):
+                f.seek(offset)
+                h.update(f.read(sample))
     return h.hexdigest()[:16]
 
 
@@ -453,7 +450,8 @@ def multiverse(model_dir: Path, model: Transformer, tok: Tokenizer, base: ScoreO
             records.append({"calib_set": label} | {k: v for k, v in result.items() if k != "per_pair"})
         print(f"calibration set {n}/{len(sets)} ({label}): {len(readings)} readings in {time.time() - t0:.0f} s")
     about = {f.name: f.metadata["help"].split(":")[0] for f in fields(ScoreOptions) if f.name in READINGS}
-    return {"model": str(model_dir), "records": records, "about": about}
+    return {"model": str(model_dir), "records": records, "about": about,
+            "choices": {c: list(CHOICES[c]) for c in ("calib",) + READINGS}}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -469,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="model weights (default: bfloat16 on CUDA, float32 elsewhere)")
     p.add_argument("--multiverse", action="store_true", help="all 16 readings (--sens-pool x --sens-repr x "
-                   "--sens-dist x --influence) on the shipped pairs and one --calib auto draw per --calib-seeds")
+                   "--sens-dist x --influence) on the shipped pairs and one --calib auto draw per --calib-seeds (those five "
+                   "options are set by it)")
     p.add_argument("--calib-seeds", type=comma_ints, default="0,1,2,3,4",
                    help="--multiverse auto draws; \"\" for the shipped pairs only (default: %(default)s)")
     add_score_args(p.add_argument_group("layer scoring (METHOD.md 4.1-4.4)"))
@@ -478,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 scores alone (scoring is cheap next to training)
+        return
     model_dir = ensure_model(args.model)
     options = options_from_args(args)
     t0 = time.time()

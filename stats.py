@@ -57,3 +57,29 @@ def paired_difference(a: dict[str, float], b: dict[str, float], n_boot: int = BO
     out = mean_interval(d, n_boot, seed)
     out["wilcoxon_p"] = float(wilcoxon(d).pvalue) if len(d) and np.any(d != 0) else 1.0
     return out
+
+
+def aggregate_seeds(per_seed: dict[int, dict]) -> dict:
+    """One arm over seeds: per-seed values, and the across-seed mean and sd of accuracy and mean bpb."""
+    first = next(iter(per_seed.values()))
+    benchmarks = {}
+    for name, r in first["benchmarks"].items():
+        runs = [res["benchmarks"][name] for res in per_seed.values()]
+        if "status" in r:
+            benchmarks[name] = r
+            continue
+        agg = {"n": r["n"], "seeds": {str(s): {k: res["benchmarks"][name].get(k) for k in ("accuracy", "bpb")}
+                                      for s, res in per_seed.items()}}
+        if "accuracy" in r:
+            acc = np.array([x["accuracy"] for x in runs])
+            k, n = round(acc.mean() * r["n"]), r["n"]
+            agg |= dict(accuracy=float(acc.mean()), accuracy_sd=float(acc.std(ddof=1)), ci95=list(wilson_interval(k, n)),
+                        **{key: r[key] for key in ("chance", "metric", "note") if key in r})
+        if "bpb" in r:
+            means = np.array([x["bpb"]["mean"] for x in runs])
+            agg["bpb"] = {"mean": float(means.mean()), "sd": float(means.std(ddof=1)), "n": r["n"],
+                          "ci95": [float(np.mean([x["bpb"]["ci95"][i] for x in runs])) for i in (0, 1)]}
+        benchmarks[name] = agg
+    return {**{k: v for k, v in first.items() if k not in ("benchmarks", "seed", "training")},
+            "seeds": list(per_seed), "benchmarks": benchmarks,
+            "training": {str(s): res["training"] for s, res in per_seed.items()}}

@@ -14,7 +14,7 @@ from answers import extract_boxed
 LETTERS = "ABCDEFGHIJ"
 MC_FORMATS = ("letter", "cloze")
 CHAT_MODES = ("auto", "off")  # auto: a family's prompts use the chat template when the checkpoint has one
-CODE_FORMATS = ("completion", "chat")
+CODE_FORMATS = ("auto", "completion", "chat")
 MATH_INSTRUCTION = "Think step by step and put the final answer in \\boxed{}."
 GSM_INSTRUCTION = 'Think step by step and end with "The answer is N."'
 CODE_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python block."

@@ -5,18 +5,19 @@
     python train.py --arm ablation --preset cpu-ablation --seeds 0,1,2      # the CPU ablation of the README
     python train.py --arm sens-sens --preset paper --model /path/to/Llama-3.1-8B-Instruct   # one GPU, bf16
     python train.py --arm sens-sens --preset paper --model DIR --plan       # memory and compute plan, then exit
+    torchrun --nproc-per-node 8 train.py --arm ablation --preset paper --model DIR   # 8 GPUs, the same results
 
 An arm is LORA-GARFA, each side one of sens, rope, all, random, none. Resume, determinism and atomic files:
 data order, dropout and the learning rate are pure functions of (seed, step), and one checkpoint file holds the
 adapter tensors, the optimizer and the step, so `--resume` continues to exactly the uninterrupted result.
+Under torchrun (dist.py) every arm uses every process: each step's global batch and each benchmark's batches are
+dealt out over the ranks, so N processes give the one-process result (and --resume works with any N).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
-import pickle
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -25,22 +26,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import dist
 import report
 from cli import Parser, add_options, comma_ints, comma_list, from_args, option, run
 from data import example_index, training_examples
-from evaluate import EvalOptions, evaluate_model
-from files import (CACHE_DIR, DEFAULT_MODEL_DIR, RUNS_DIR, UserError, claim_output, locked, provenance, read_json,
-                   read_jsonl, write_atomic, write_json)
+from evaluate import EvalOptions, baseline_dir, evaluate_model, shared_evaluation
+from files import (CACHE_DIR, CHECKPOINT, DEFAULT_MODEL_DIR, PREVIOUS_CHECKPOINT, RUNS_DIR, UserError, claim_output,
+                   json_line, load_checkpoint, provenance, read_json, read_jsonl, save_checkpoint, write_atomic,
+                   write_json)
 from garfa import apply_garfa, garfa_multipliers
-from lora import DEFAULT_TARGETS, TARGETS, apply_lora, save_adapter, target_name
-from model import ModelConfig, Tokenizer, Transformer, default_device, resolve_dtype, right_pad, sequence_nll
-from prepare import ensure_model
-from sensitivity import ScoreOptions, add_score_args, load_or_compute_scores, model_fingerprint, options_from_args
+from lora import DEFAULT_TARGETS, TARGETS, apply_lora, save_adapter, set_dropout_rows, target_name
+from model import Tokenizer, Transformer, default_device, resolve_dtype, right_pad, sequence_nll
+from plan import phase_line, seconds_per_token
+from prepare import ensure_data, ensure_model
+from sensitivity import (ScoreOptions, add_score_args, load_or_compute_scores, model_fingerprint, options_from_args,
+                         scores_key)
+from stats import aggregate_seeds
 from tasks import CHAT_MODES
 
 SIDES = ("sens", "rope", "all", "random", "none")
 PAPER_ARMS = ("sens-sens", "sens-rope", "rope-sens", "rope-rope")
-CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
 
 # Sizes per preset: "default" finishes on a 2-core CPU with SmolLM2-135M; "cpu-ablation" trains long enough to move
 # gold bits per byte (README, "The CPU ablation"); "paper" is the documented recipe for Llama 3.1 8B on one GPU.
@@ -157,41 +162,20 @@ def param_groups(model, opts: TrainOptions) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, step: int) -> None:
-    """checkpoint.pt, the previous one kept as checkpoint.prev.pt, so a damaged file always has a fallback."""
-    state = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
-    path, tmp = run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.tmp"
-    torch.save({"step": step, "adapter": state, "optimizer": optimizer.state_dict()}, tmp)
-    if path.is_file():
-        os.replace(path, run_dir / PREVIOUS_CHECKPOINT)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(run_dir: Path, device, previous: bool) -> dict | None:
-    path = run_dir / (PREVIOUS_CHECKPOINT if previous else CHECKPOINT)
-    if not path.is_file():
-        if previous:
-            raise UserError(f"--previous-checkpoint: {path} does not exist; use --restart to train from step 0")
-        return None
-    try:
-        return torch.load(path, map_location=device)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # truncated, cut or overwritten
-        fallback = run_dir / PREVIOUS_CHECKPOINT
-        hint = (f"add --previous-checkpoint to continue from {fallback.name}, or " if fallback.is_file() and
-                not previous else "")
-        why = (str(e).splitlines() or [type(e).__name__])[0][:80]  # an empty file raises a bare EOFError
-        raise UserError(f"{path} is damaged ({why}); {hint}add --restart to train this arm from step 0") from None
-
-
 def train(model, examples, opts: TrainOptions, seed: int, pad_id: int, run_dir: Path, resume: bool,
           previous: bool = False) -> list[dict]:
-    """Fine-tune the attached adapters; returns the log. Checkpoints to run_dir/checkpoint.pt."""
+    """Fine-tune the attached adapters; returns the log. Checkpoints to run_dir/checkpoint.pt.
+
+    Data-parallel under torchrun: each step's global batch (batch_size x grad_accum rows) is dealt out over the
+    ranks, each rank's loss is its rows' share of the one-process loss and the gradients are summed (dist.py), so
+    N processes take the one-process steps; a row's dropout masks follow from (seed, its slot in the data order).
+    """
     device = model.embed_tokens.weight.device
     log_path = run_dir / "train_log.jsonl"
     optimizer = torch.optim.AdamW(param_groups(model, opts), betas=(0.9, 0.999))
     peak = [g["lr"] for g in optimizer.param_groups]  # before a resumed state overwrites them with scheduled rates
     start, log = 0, []
-    ckpt = load_checkpoint(run_dir, device, previous) if resume else None
+    ckpt = dist.from_main(load_checkpoint(run_dir, "cpu", previous) if resume and dist.is_main() else None)
     if ckpt is not None:
         params = dict(model.named_parameters())
         with torch.no_grad():
@@ -201,31 +185,43 @@ def train(model, examples, opts: TrainOptions, seed: int, pad_id: int, run_dir: 
         start = ckpt["step"]
         log = read_jsonl(log_path)[:start] if log_path.is_file() else []  # consistent with the checkpoint
         print(f"resuming from step {start} of {opts.steps}")
-    write_atomic(log_path, "".join(report.json_line(r) for r in log))
+    if dist.is_main():
+        write_atomic(log_path, "".join(json_line(r) for r in log))
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     model.activation_checkpointing = opts.activation_checkpointing
     model.train()
-    bar = tqdm(range(start, opts.steps), initial=start, total=opts.steps, desc="training", dynamic_ncols=True)
+    B, per_step = opts.batch_size, opts.batch_size * opts.grad_accum
+    mine = dist.shard(range(per_step))  # this rank's slots of every step's global batch
+    if dist.world_size() > per_step:
+        print(f"{dist.world_size()} processes, {per_step} rows per step: {dist.world_size() - per_step} idle in "
+              f"training (raise --batch-size or --grad-accum)")
+    bar = tqdm(range(start, opts.steps), initial=start, total=opts.steps, desc="training", dynamic_ncols=True,
+               disable=not dist.is_main())
     t0, completed, saved = time.time(), start, start
     try:
-        with log_path.open("a") as log_file:
+        with log_path.open("a") if dist.is_main() else open(os.devnull, "w") as log_file:
             for step in bar:
-                torch.manual_seed(seed * 1_000_003 + step)  # dropout masks are a function of the step
                 for g, lr in zip(optimizer.param_groups, peak):
                     g["lr"] = lr * lr_factor(step, opts.steps, opts.warmup)
-                loss_sum, n_tokens = 0.0, 0
-                for micro in range(opts.grad_accum):
-                    first = (step * opts.grad_accum + micro) * opts.batch_size
-                    idx = [example_index(seed, len(examples), first + j) for j in range(opts.batch_size)]
-                    tokens = right_pad([examples[i][0] for i in idx], pad_id).to(device)
-                    mask = right_pad([examples[i][1] for i in idx], False, torch.bool).to(device)
+                first = step * per_step
+                idx = [example_index(seed, len(examples), first + s) for s in range(per_step)]
+                # Each micro-batch's mean token loss, averaged over the accumulation steps, written as one weight per
+                # row, 1 / (target tokens of its micro-batch x grad_accum), so that a rank can take any rows' share.
+                counts = [sum(sum(examples[i][1][1:]) for i in idx[m * B:(m + 1) * B]) for m in range(opts.grad_accum)]
+                weight = [1 / (max(1, counts[s // B]) * opts.grad_accum) for s in range(per_step)]
+                nll_sum = 0.0
+                for rows in (mine[i:i + B] for i in range(0, len(mine), B)):  # at most batch_size rows per pass
+                    set_dropout_rows(model, [((seed, first + s), len(examples[idx[s]][0])) for s in rows])
+                    tokens = right_pad([examples[idx[s]][0] for s in rows], pad_id).to(device)
+                    mask = right_pad([examples[idx[s]][1] for s in rows], False, torch.bool).to(device)
                     with autocast:
-                        nll, count = sequence_nll(model, tokens, mask)
-                    # Each micro-batch's mean token loss, averaged over the accumulation steps.
-                    (nll.sum() / count.sum().clamp(min=1) / opts.grad_accum).backward()
-                    loss_sum, n_tokens = loss_sum + nll.sum().item(), n_tokens + count.sum().item()
-                loss = loss_sum / max(1, n_tokens)
+                        nll, _ = sequence_nll(model, tokens, mask)  # (rows,)
+                    (nll @ torch.tensor([weight[s] for s in rows], device=device)).backward()
+                    nll_sum += nll.sum().item()
+                dist.sum_gradients(trainable)
+                n_tokens = sum(counts)
+                loss = dist.sum_value(nll_sum, device) / max(1, n_tokens)
                 if not math.isfinite(loss):
                     raise UserError(f"loss is {loss} at step {step}; the last good checkpoint is kept in {run_dir}. "
                                     f"Lower --lr-lora/--lr-garfa and --resume.")
@@ -237,7 +233,7 @@ def train(model, examples, opts: TrainOptions, seed: int, pad_id: int, run_dir: 
                               **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
                               grad_norm=round(grad_norm, 4), tokens=n_tokens, elapsed_s=round(time.time() - t0, 2))
                 log.append(record)
-                log_file.write(report.json_line(record))
+                log_file.write(json_line(record))
                 log_file.flush()
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
                 if (step + 1) % opts.checkpoint_every == 0 or step + 1 == opts.steps:
@@ -249,25 +245,9 @@ def train(model, examples, opts: TrainOptions, seed: int, pad_id: int, run_dir: 
         raise
     finally:
         bar.close()
+        set_dropout_rows(model, None)
         model.eval()
     return log
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The shared baseline
-
-def ensure_baseline(model, tok, eval_opts: EvalOptions, model_dir: Path, batch_size: int) -> tuple[Path, dict]:
-    """The base model's evaluation, computed once per (weights, dtype, evaluation settings) and shared by arms."""
-    key = report.json_line([model_fingerprint(model_dir), str(model.embed_tokens.weight.dtype), asdict(eval_opts)])
-    out = CACHE_DIR / f"base-{model_dir.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    with locked(out, "base evaluation"):
-        if (out / "eval_results.json").is_file():
-            print(f"base evaluation: reusing {out}")
-            return out, read_json(out / "eval_results.json")["benchmarks"]
-        print("base evaluation (shared by every arm with these settings)")
-        results = evaluate_model(model, tok, eval_opts, out, batch_size)
-        write_json(out / "eval_results.json", {"settings": asdict(eval_opts), "benchmarks": results})
-    return out, results
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -298,12 +278,12 @@ def load_model(job: Job) -> tuple[Transformer, Tokenizer]:
 def run_seed(arm: Arm, job: Job, seed: int, scores: dict, run_dir: Path, base: tuple[Path, dict],
              examples: list, loaded=None) -> dict:
     """Select, attach, train, evaluate: one arm and one seed into run_dir (scores, examples, baseline shared)."""
-    if job.resume and (run_dir / "results.json").is_file():
+    if job.resume and dist.from_main((run_dir / "results.json").is_file()):
         print(f"{arm.name} seed {seed}: already complete in {run_dir}")
         return read_json(run_dir / "results.json")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if job.restart:
-        for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+    if dist.is_main():  # rank 0 writes every file of the run; train() reads the checkpoint on rank 0 only
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in (CHECKPOINT, PREVIOUS_CHECKPOINT) if job.restart else ():
             (run_dir / name).unlink(missing_ok=True)
     model, tok = loaded or load_model(job)
     n = model.config.n_layers
@@ -320,20 +300,23 @@ def run_seed(arm: Arm, job: Job, seed: int, scores: dict, run_dir: Path, base: t
             apply_garfa(model, garfa_layers)
         log = train(model, examples, job.train, seed, tok.pad_id, run_dir, job.resume and not job.restart,
                     job.previous)
-        save_adapter(model, run_dir / "adapter", base_model_name_or_path=str(job.model_dir))
+        if dist.is_main():
+            save_adapter(model, run_dir / "adapter", base_model_name_or_path=str(job.model_dir))
         multipliers = garfa_multipliers(model)
         benchmarks = evaluate_model(model, tok, job.eval, run_dir, job.eval_batch_size)
     else:  # the base arm is the shared baseline itself
         benchmarks = base[1]
-        (run_dir / "predictions").mkdir(exist_ok=True)
-        for path in (base[0] / "predictions").glob("*.jsonl"):
-            write_atomic(run_dir / "predictions" / path.name, path.read_bytes())
+        if dist.is_main():
+            (run_dir / "predictions").mkdir(exist_ok=True)
+            for path in (base[0] / "predictions").glob("*.jsonl"):
+                write_atomic(run_dir / "predictions" / path.name, path.read_bytes())
     results = {"arm": arm.name, "model": job.model_dir.name, "seed": seed, "lora_layers": lora_layers,
                "garfa_layers": garfa_layers, "spearman": {k: scores["spearman"][k] for k in ("r", "p")},
                "benchmarks": benchmarks, "garfa_multipliers": multipliers,
                "training": {"steps": len(log), "first_loss": log[0]["loss"] if log else None,
                             "last_loss": log[-1]["loss"] if log else None, "seconds": round(time.time() - t0, 1)}}
-    write_json(run_dir / "results.json", results)
+    if dist.is_main():
+        write_json(run_dir / "results.json", results)
     return results
 
 
@@ -345,7 +328,9 @@ def run_arm(arm: Arm, job: Job, scores: dict, arm_dir: Path, base: tuple[Path, d
     per_seed = {s: run_seed(arm, job, s, scores, arm_dir / f"seed-{s}" if several else arm_dir, base, examples,
                             loaded if i == 0 else None)
                 for i, s in enumerate(job.seeds if arm.name != "base" else job.seeds[:1])}
-    results = report.aggregate_seeds(per_seed) if several else next(iter(per_seed.values()))
+    results = aggregate_seeds(per_seed) if several else next(iter(per_seed.values()))
+    if not dist.is_main():  # rank 0 writes the aggregate and the report
+        return results
     seed_dirs = [arm_dir / f"seed-{s}" for s in per_seed] if several else [arm_dir]
     if several:
         write_json(arm_dir / "results.json", results)
@@ -362,7 +347,7 @@ RESUME_KEYS = ("arm", "model", "seeds", "dtype", "chat", "train", "eval", "score
 def run_config(arm_text: str, job: Job) -> dict:
     return {"arm": arm_text, "model": str(job.model_dir), "seeds": list(job.seeds), "dtype": str(job.dtype),
             "chat": job.chat, "train": asdict(job.train), "eval": asdict(job.eval), "scores": asdict(job.scores),
-            "device": job.device, **provenance()}
+            "device": job.device, "processes": dist.world_size(), **provenance()}
 
 
 def arm_or_ablation(text: str) -> str:
@@ -421,7 +406,12 @@ def build_job(args) -> Job:
     eval_batch_size = pick("eval_batch_size")
     if eval_batch_size < 1:
         raise UserError(f"--eval-batch-size {eval_batch_size}: give at least 1")
-    model_dir = ensure_model(args.model) if not args.plan else (args.model or DEFAULT_MODEL_DIR)  # --plan: config.json only
+    if args.plan:  # config.json only
+        model_dir = args.model or DEFAULT_MODEL_DIR
+    else:
+        with dist.main_first():  # rank 0 prepares a missing default model and data; the others then find them
+            model_dir = ensure_model(args.model)
+            ensure_data(full=True)
     return Job(model_dir=model_dir, train=from_args(TrainOptions, args).sized(args.preset), eval=eval_opts,
                scores=options_from_args(args, seed=args.seed, chat=args.chat), seeds=tuple(seeds),
                device=args.device, dtype=resolve_dtype(args.dtype, args.device), chat=args.chat,
@@ -430,34 +420,32 @@ def build_job(args) -> Job:
 
 
 def print_plan(job: Job, arm_text: str) -> None:
-    from plan import format_plan, plan
+    from plan import run_plan
 
-    cfg = ModelConfig.from_json(job.model_dir / "config.json")
-    k = job.scores.k or math.ceil(cfg.n_layers / 4)
     arms = [parse_arm(a) for a in PAPER_ARMS] if arm_text == "ablation" else [parse_arm(arm_text)]
-    width = lambda side: cfg.n_layers if side == "all" else 0 if side == "none" else k
-    arm = max(arms, key=lambda a: (width(a.lora), width(a.garfa)))
-    print(f"plan for arm {arm.name} ({len(job.seeds)} seed(s)), {job.dtype}, from {job.model_dir / 'config.json'}")
-    print(format_plan(plan(cfg, lora_layers=width(arm.lora), garfa_layers=width(arm.garfa), r=job.train.r,
-                           targets=job.train.targets, batch_size=job.train.batch_size, seq_len=job.train.seq_len,
-                           grad_accum=job.train.grad_accum, steps=job.train.steps, dtype=job.dtype,
-                           activation_checkpointing=job.train.activation_checkpointing)))
+    print(run_plan(job, [(a.name, a.lora, a.garfa) for a in arms]))
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    args.device = dist.init(args.device)  # torchrun: this rank's process group and device; else unchanged
     job = build_job(args)
     if args.plan:
         print_plan(job, args.arm)
         return
     arms = [parse_arm(a) for a in PAPER_ARMS] + [parse_arm("base")] if args.arm == "ablation" else [parse_arm(args.arm)]
     out = args.out or RUNS_DIR / f"{args.arm}-{job.model_dir.name}"
-    print(report.phase_line(job, arms, out))
     with claim_output(out, run_config(args.arm, job), job.resume, RESUME_KEYS):
         model, tok = load_model(job)
-        scores = load_or_compute_scores(job.model_dir, model, tok, job.scores, out_dir=out)
+        print(phase_line(job, arms, out, seconds_per_token(model),
+                                (CACHE_DIR / f"scores-{scores_key(job.model_dir, model, job.scores)}.json").is_file(),
+                                (baseline_dir(model, job.eval, model_fingerprint(job.model_dir))
+                                 / "eval_results.json").is_file()))
+        with dist.main_first():  # scored once, by rank 0; the other ranks read its cached result
+            scores = load_or_compute_scores(job.model_dir, model, tok, job.scores,
+                                            out_dir=out if dist.is_main() else None)
         print(report.scores_summary(scores))
-        base = ensure_baseline(model, tok, job.eval, job.model_dir, job.eval_batch_size)
+        base = shared_evaluation(model, tok, job.eval, model_fingerprint(job.model_dir), job.eval_batch_size)
         examples = training_examples(tok, args.seed, job.train.seq_len, job.chat)
         if args.arm != "ablation":
             run_arm(arms[0], job, scores, out, base, examples, loaded=(model, tok))
@@ -465,11 +453,14 @@ def main(argv=None) -> None:
         del model  # every arm of the ablation starts from a freshly loaded model
         t0, results = time.time(), {}
         for arm in arms:  # each arm's directory is a complete run directory of its own
-            (out / arm.name).mkdir(exist_ok=True)
-            write_json(out / arm.name / "config.json", run_config(arm.name, job))
-            for name in ("scores.json", "layer_scores.png"):
-                write_atomic(out / arm.name / name, (out / name).read_bytes())
+            if dist.is_main():
+                (out / arm.name).mkdir(exist_ok=True)
+                write_json(out / arm.name / "config.json", run_config(arm.name, job))
+                for name in ("scores.json", "layer_scores.png"):
+                    write_atomic(out / arm.name / name, (out / name).read_bytes())
             results[arm.name] = run_arm(arm, job, scores, out / arm.name, base, examples)
+        if not dist.is_main():  # every arm used every rank; rank 0 writes the comparison
+            return
         tests = {arm: report.paired_tests(out / "sens-sens", out / arm, results["sens-sens"]["benchmarks"])
                  for arm in results if arm != "sens-sens"}
         report.write_comparison(out, results, tests)

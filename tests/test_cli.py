@@ -44,7 +44,7 @@ def no_work(tmp_path, monkeypatch):
         raise AssertionError("the command loaded the model before rejecting the input")
 
     cache = tmp_path / "cache"
-    for module in (train, __import__("sensitivity")):
+    for module in (train, evaluate, __import__("sensitivity")):
         monkeypatch.setattr(module, "CACHE_DIR", cache)
     monkeypatch.setattr(train, "load_model", forbidden)
     monkeypatch.setattr(evaluate.Transformer, "from_pretrained", forbidden)
@@ -222,7 +222,7 @@ def test_adapter_mistakes_are_one_line_errors_and_the_out_is_reusable(tiny, tmp_
     out = tmp_path / "eval"
     common = ["--model", str(tiny), "--out", str(out), "--benchmarks", "arc_challenge", "--limit", "2"]
     line = one_line_error(capsys, evaluate.main, common + ["--adapter", str(broken)])
-    assert "adapter_config.json: not valid JSON" in line and "train the adapter again" in line
+    assert "adapter_config.json is not valid JSON" in line and "train the adapter again" in line
     line = one_line_error(capsys, evaluate.main, common + ["--adapter", str(other)])
     assert "adapter_model.safetensors" in line and "made for another model" in line
     # The failed starts left only their config.json: the corrected command may use the same --out.

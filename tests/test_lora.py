@@ -290,7 +290,7 @@ BAD_ADAPTERS = {
     "dora": (_edit_json(PEFT_CONFIG_FILE, use_dora=True), ValueError, "'use_dora: true' is not supported"),
     "not_lora": (_edit_json(PEFT_CONFIG_FILE, peft_type="IA3"), ValueError, "peft_type 'IA3' is not supported"),
     "bad_rank": (_edit_json(PEFT_CONFIG_FILE, r=0), ValueError, "adapter_config.json: LoRA rank r must be"),
-    "bad_json": (lambda d: (d / PEFT_CONFIG_FILE).write_text("{"), ValueError, "adapter_config.json: not valid JSON"),
+    "bad_json": (lambda d: (d / PEFT_CONFIG_FILE).write_text("{"), ValueError, "adapter_config.json is not valid JSON"),
     # GARFA is validated before LoRA is attached, and LoRA before GARFA.
     "garfa_wrong_shape": (lambda d: save_file({"layers.1.log_scale": torch.zeros(3)}, str(d / GARFA_FILE)),
                           ValueError, r"garfa.safetensors: 'layers.1.log_scale' of shape \(3,\) does not fit"),

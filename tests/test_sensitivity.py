@@ -13,6 +13,7 @@ from scipy import stats
 import sensitivity as sens
 from files import UserError
 from sensitivity import EncodedPair, ScoreOptions
+from tasks import SKILLS, SOURCES
 
 
 def random_pairs(n=4, seed=0, prompt_len=24, ragged=False):
@@ -270,8 +271,12 @@ def test_multiverse_scores_every_reading_on_every_set_and_reuses_the_cache(tmp_p
     model_dir = tiny_model_dir(tmp_path / "tiny", num_hidden_layers=6)
     monkeypatch.setattr(sens, "CACHE_DIR", tmp_path / "cache")
     common = ["--model", str(model_dir), "--bootstrap", "100", "--n-pairs", "4"]
-    sens.main(common + ["--out", str(tmp_path / "single")])  # `python sensitivity.py`: the default reading
+    calls = []
+    for name in ("hidden_distances", "influence_per_pair"):
+        original = getattr(sens, name)
+        monkeypatch.setattr(sens, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
     sens.main(common + ["--multiverse", "--calib-seeds", "3", "--out", str(tmp_path / "mv")])
+    assert sorted(calls) == ["hidden_distances"] * 2 + ["influence_per_pair"] * 4  # per set: one pass, one I each
     text = (tmp_path / "mv" / "multiverse.json").read_text()
     mv = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in multiverse.json is not JSON"))
     records, summary = mv["records"], mv["summary"]
@@ -284,12 +289,12 @@ def test_multiverse_scores_every_reading_on_every_set_and_reuses_the_cache(tmp_p
         stored = [math.nan if v is None else v for v in (x["partial_depth"]["r"], x["partial_depth"]["p"])]
         assert stored == pytest.approx(partial, abs=1e-12, nan_ok=True)  # undefined (NaN) is null in the file
         assert x["verdict"] == sens.verdict(r, p) and x["sens_layers"] == sens.top_k(x["sensitivity"], 2)
+    monkeypatch.setattr(sens, "CACHE_DIR", tmp_path / "alone")  # `python sensitivity.py`, computed on its own
+    sens.main(common + ["--out", str(tmp_path / "single")])
     single = json.loads((tmp_path / "single" / "scores.json").read_text())
     default = next(x for x in records if x["options"] == single["options"])
     for key in ("sensitivity", "influence", "spearman", "partial_depth", "sens_layers", "rope_layers", "verdict"):
         assert default[key] == single[key], key
-    fd = [x for x in records if x["options"]["influence"] == "fd" and x["calib_set"] == "file"]
-    assert len({json.dumps(x["influence"]) for x in fd}) == 1  # one influence computation shared by 8 readings
     effect = summary["effects"]["sens_dist"]
     for value in ("cosine", "l2"):
         assert effect["mean_r"][value] == pytest.approx(np.mean(
@@ -298,6 +303,7 @@ def test_multiverse_scores_every_reading_on_every_set_and_reuses_the_cache(tmp_p
     assert "--" + summary["sign_decided_by"].replace("_", "-") in summary["in_words"]
     md = (tmp_path / "mv" / "multiverse.md").read_text()
     assert md.count("| auto seed 3 |") == 16 and (tmp_path / "mv" / "multiverse.png").stat().st_size > 10_000
+    monkeypatch.setattr(sens, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.setattr(sens, "score_layers", no_recompute)  # every variant is cached now
     sens.main(common + ["--multiverse", "--calib-seeds", "3", "--out", str(tmp_path / "again")])
     assert json.loads((tmp_path / "again" / "multiverse.json").read_text())["records"] == records
@@ -309,7 +315,7 @@ def test_multiverse_scores_every_reading_on_every_set_and_reuses_the_cache(tmp_p
 def test_shipped_pairs_cover_six_skills_and_no_evaluation_item():
     from data import OFFLINE_BENCHMARKS, load_benchmark, question_key
     pairs = sens.calibration_pairs(ScoreOptions())
-    assert len(pairs) == 15 and {p["skill"] for p in pairs} == set(sens.SKILLS)
+    assert len(pairs) == 15 and {p["skill"] for p in pairs} == set(SKILLS)
     assert all(p["correct"] != p["incorrect"] for p in pairs)
     prompts = [" ".join(p["prompt"].lower().split()) for p in pairs]
     for name in OFFLINE_BENCHMARKS:
@@ -327,10 +333,10 @@ def test_pairs_use_the_chat_template_where_evaluation_does():
 
 
 def test_auto_pairs_come_from_training_data_and_are_seeded():
-    from data import TRAIN_SOURCES, load_train
+    from data import load_train
     pairs = sens.calibration_pairs(ScoreOptions(calib="auto", n_pairs=12, seed=3))
     assert len(pairs) == 12 and all(p["correct"] != p["incorrect"] for p in pairs)
-    assert {p["source"] for p in pairs} <= set(TRAIN_SOURCES) and {p["skill"] for p in pairs} >= {
+    assert {p["source"] for p in pairs} <= set(SOURCES) and {p["skill"] for p in pairs} >= {
         "code", "competition_math", "grade_school_math"}
     for p in pairs:  # drawn verbatim from their training source (evaluation items were removed there)
         assert (p["prompt"], p["correct"]) in {(x["prompt"], x["completion"]) for x in load_train(p["source"])}

@@ -145,8 +145,10 @@ def isolate_cache(tmp_path, monkeypatch):
     import sensitivity
     import train as train_module
 
-    monkeypatch.setattr(train_module, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(sensitivity, "CACHE_DIR", tmp_path / "cache")
+    import evaluate
+
+    for module in (train_module, sensitivity, evaluate):
+        monkeypatch.setattr(module, "CACHE_DIR", tmp_path / "cache")
 
 
 RUN_FILES = ("config.json", "scores.json", "layer_scores.png", "train_log.jsonl", "results.json", "report.md",
