@@ -223,6 +223,26 @@ def claim_output(out: Path, config: dict, resume: bool, resume_keys: tuple[str, 
         yield out
 
 
+def model_fingerprint(model_dir: str | Path) -> str:
+    """A short key for a checkpoint's weights that reads kilobytes, not gigabytes: sha256 over config.json, the shard
+    index, and per *.safetensors file its name, size, header and first and last 1 MiB (the header alone does not
+    change with the values; an edit only in the middle of a file that keeps its size is not detected)."""
+    model_dir, h = Path(model_dir), hashlib.sha256()
+    for name in ("config.json", "model.safetensors.index.json"):
+        if (model_dir / name).is_file():
+            h.update(name.encode() + (model_dir / name).read_bytes())
+    sample = 1 << 20
+    for path in sorted(model_dir.glob("*.safetensors")):
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            h.update(f"{path.name}:{size}".encode() + f.read(min(n, size)))
+            for offset in (0, max(0, size - sample)):
+                f.seek(offset)
+                h.update(f.read(sample))
+    return h.hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Training checkpoints: the adapter tensors, the optimizer and the step, with the previous one kept
 

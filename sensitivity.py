@@ -32,10 +32,12 @@ from tqdm import tqdm
 
 import report
 from cli import add_options, comma_ints, from_args, option, run
-from files import CACHE_DIR, DEFAULT_MODEL_DIR, ROOT, RUNS_DIR, UserError, read_json, write_atomic, write_json
+from files import (CACHE_DIR, DEFAULT_MODEL_DIR, ROOT, RUNS_DIR, UserError, model_fingerprint, read_json, write_atomic,
+                   write_json)
 from garfa import apply_garfa
 from model import Transformer, default_device, resolve_dtype, right_pad, rope_cos_sin, sequence_nll
 from prepare import ensure_model
+from stats import partial_spearman, spearman_rows
 from tasks import CHAT_MODES, FAMILIES, LETTERS, SKILLS, SOURCE_SKILL, SOURCES, encode_prompt, uses_chat
 from tokenizer import Tokenizer
 
@@ -204,27 +206,6 @@ def influence_from_per_pair(per_pair: np.ndarray, method: str) -> np.ndarray:
     return np.abs(per_pair.mean(axis=-2))
 
 
-def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman r of each row pair of (N, L) arrays: Pearson r of average ranks (scipy's definition)."""
-    ra, rb = stats.rankdata(a, axis=-1), stats.rankdata(b, axis=-1)
-    ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a constant row has no rank correlation: NaN
-        return (ra * rb).sum(-1) / np.sqrt((ra ** 2).sum(-1) * (rb ** 2).sum(-1))
-
-
-def partial_spearman(x, y, z) -> tuple[float, float]:
-    """Spearman r of x and y with z held fixed (the Pearson r of the ranks of x and y after each is regressed on the
-    ranks of z) and its two-sided p (t test, n - 3 degrees of freedom). With z = layer index: do S and I agree
-    beyond both following depth? NaN when x or y ranks exactly like z (nothing is left once depth is removed)."""
-    r_xy, r_xz, r_yz = (stats.spearmanr(a, b)[0] for a, b in ((x, y), (x, z), (y, z)))
-    if not max(abs(r_xz), abs(r_yz)) < 1 - 1e-12:  # rounding keeps r_xz a hair below 1 where ranks are equal
-        return float("nan"), float("nan")
-    with np.errstate(invalid="ignore", divide="ignore"):  # |r| = 1: t = inf, p = 0
-        r = np.clip((r_xy - r_xz * r_yz) / np.sqrt((1 - r_xz ** 2) * (1 - r_yz ** 2)), -1, 1)
-        t = r * np.sqrt((len(x) - 3) / (1 - r * r))
-    return float(r), float(2 * stats.t.sf(abs(t), len(x) - 3))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The scores: every S reading from one pass of hidden states (4.2), I from identity GARFA on every layer (4.3)
 
@@ -379,26 +360,6 @@ def score_layers(model: Transformer, tok: Tokenizer, readings: list[ScoreOptions
 
 # ----------------------------------------------------------------------------------------------------------------
 # The cache: one file per (weights, dtype, options, calibration file)
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """A short key for a checkpoint's weights that reads kilobytes, not gigabytes: sha256 over config.json, the shard
-    index, and per *.safetensors file its name, size, header and first and last 1 MiB (the header alone does not
-    change with the values; an edit only in the middle of a file that keeps its size is not detected)."""
-    model_dir, h = Path(model_dir), hashlib.sha256()
-    for name in ("config.json", "model.safetensors.index.json"):
-        if (model_dir / name).is_file():
-            h.update(name.encode() + (model_dir / name).read_bytes())
-    sample = 1 << 20
-    for path in sorted(model_dir.glob("*.safetensors")):
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            h.update(f"{path.name}:{size}".encode() + f.read(min(n, size)))
-            for offset in (0, max(0, size - sample)):
-                f.seek(offset)
-                h.update(f.read(sample))
-    return h.hexdigest()[:16]
-
 
 def scores_key(model_dir: str | Path, model: Transformer, options: ScoreOptions) -> str:
     calib = hashlib.sha256(CALIB_FILE.read_bytes()).hexdigest() if options.calib == "file" else "auto"

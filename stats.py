@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 BOOTSTRAP_RESAMPLES = 10_000
 
@@ -83,3 +84,24 @@ def aggregate_seeds(per_seed: dict[int, dict]) -> dict:
     return {**{k: v for k, v in first.items() if k not in ("benchmarks", "seed", "training")},
             "seeds": list(per_seed), "benchmarks": benchmarks,
             "training": {str(s): res["training"] for s, res in per_seed.items()}}
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman r of each row pair of (N, L) arrays: Pearson r of average ranks (scipy's definition)."""
+    ra, rb = scipy_stats.rankdata(a, axis=-1), scipy_stats.rankdata(b, axis=-1)
+    ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant row has no rank correlation: NaN
+        return (ra * rb).sum(-1) / np.sqrt((ra ** 2).sum(-1) * (rb ** 2).sum(-1))
+
+
+def partial_spearman(x, y, z) -> tuple[float, float]:
+    """Spearman r of x and y with z held fixed (the Pearson r of the ranks of x and y after each is regressed on the
+    ranks of z) and its two-sided p (t test, n - 3 degrees of freedom). With z = layer index: do S and I agree
+    beyond both following depth? NaN when x or y ranks exactly like z (nothing is left once depth is removed)."""
+    r_xy, r_xz, r_yz = (scipy_stats.spearmanr(a, b)[0] for a, b in ((x, y), (x, z), (y, z)))
+    if not max(abs(r_xz), abs(r_yz)) < 1 - 1e-12:  # rounding keeps r_xz a hair below 1 where ranks are equal
+        return float("nan"), float("nan")
+    with np.errstate(invalid="ignore", divide="ignore"):  # |r| = 1: t = inf, p = 0
+        r = np.clip((r_xy - r_xz * r_yz) / np.sqrt((1 - r_xz ** 2) * (1 - r_yz ** 2)), -1, 1)
+        t = r * np.sqrt((len(x) - 3) / (1 - r * r))
+    return float(r), float(2 * scipy_stats.t.sf(abs(t), len(x) - 3))
