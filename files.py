@@ -194,7 +194,7 @@ def check_claim(out: Path, config: dict, resume: bool, resume_keys: tuple[str, .
         now = json.loads(json.dumps(config))  # tuples -> lists
         changed = [k for k in resume_keys if previous.get(k) != now.get(k)]
         if changed:
-            raise UserError(f"--resume: {out} was run with different settings: " + ", ".join(
+            raise UserError(f"{out} holds a {previous.get('kind', kind)} made with different settings: " + ", ".join(
                 f"{k}={previous.get(k)!r} (now {now.get(k)!r})" for k in changed)
                 + ". Use the same settings, or pass another --out.")
 

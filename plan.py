@@ -244,8 +244,9 @@ def seconds_per_token(model) -> float:
     return (time.time() - t0) / tokens.numel()
 
 
-# Work per phase in forward-token equivalents (rough: backward ~2x a forward; a batched decode step ~6x a prefill
-# token on CPU, from bench.py). Multiplied by one measured forward, they give the phase line's rough minutes.
+# Work per phase in forward-token equivalents (rough: with the base frozen, backward ~1x a forward, as in plan(); a
+# batched decode step ~6x a prefill token on CPU, from bench.py). Times one measured forward: the rough minutes.
+# (The cpu-ablation preset, 12 x 50 steps: about 27 min of training measured, 33 min estimated with this factor.)
 PAIR_TOKENS, ITEM_TOKENS, DECODE_COST = 200 * 5, 300, 6
 
 
@@ -258,7 +259,7 @@ def phase_line(job, arms, out, seconds_per_token: float, scores_cached: bool, ba
     one_eval = items * ITEM_TOKENS * len(e.metrics) + ("acc" in e.metrics) * gen * DECODE_COST
     work = {"layer scoring": 0 if scores_cached else 15 * PAIR_TOKENS * (1 + 8 * (job.scores.influence == "fd")),
             "base evaluation": 0 if base_cached else one_eval,
-            f"training ({n_train} x {t.steps} steps)": n_train * t.steps * t.grad_accum * t.batch_size * t.seq_len * 3,
+            f"training ({n_train} x {t.steps} steps)": n_train * t.steps * t.grad_accum * t.batch_size * t.seq_len * 2,
             f"evaluation ({n_train} run(s))": n_train * one_eval}
     phases = " -> ".join(f"{name} ~{max(1, round(w * seconds_per_token / 60))} min" if w else f"{name} (cached)"
                          for name, w in work.items())

@@ -1,7 +1,7 @@
 """Regenerate the README's results sections from run directories, so no number in them is typed by hand.
 
     python readme.py [--main runs/sens-sens-SmolLM2-135M-Instruct] [--multiverse runs/multiverse-SmolLM2-135M-Instruct]
-                     [--ablation runs/cpu-ablation] [--plan]
+                     [--curve runs/curve] [--ablation runs/ablation-SmolLM2-135M-Instruct] [--plan]
 
 Each section sits between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` in README.md; a section whose
 run directory is not given (or does not exist) is left as it is.
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from cli import run
-from files import ROOT, UserError, read_json, write_atomic, write_json
+from files import ROOT, UserError, read_json, read_jsonl, write_atomic, write_json
 
 README = ROOT / "README.md"
 FIGURES = ROOT / "docs"  # runs/ is not committed: the README's figures and full tables are copied here
@@ -27,6 +27,10 @@ def publish(source: Path, name: str) -> str:
     FIGURES.mkdir(exist_ok=True)
     write_atomic(FIGURES / name, source.read_bytes())
     return f"docs/{name}"
+
+
+def shown(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 def replace_section(text: str, name: str, body: str) -> str:
@@ -40,9 +44,9 @@ def main_job(run_dir: Path) -> str:
     report = (run_dir / "report.md").read_text(encoding="utf-8")
     table = report[report.index("| benchmark |"):].split("\n\n")[0]
     notes = report.split("What the accuracy column can and cannot show:", 1)
-    minutes = report.split("- Wall time: ", 1)[1].split("\n")[0]
-    return "\n\n".join([f"From `{run_dir.relative_to(ROOT)}/report.md` (wall time {minutes}):", table]
-                       + ([f"What the accuracy column can and cannot show:{notes[1].split(chr(10) * 2)[0]}"]
+    timing = report.split("- Time: ", 1)[1].split("\n")[0]
+    return "\n\n".join([f"From `{shown(run_dir)}/report.md`. Time: {timing}.", table]
+                       + ([f"What the accuracy column can and cannot show:\n\n{notes[1].strip().split(chr(10) * 2)[0]}"]
                           if len(notes) > 1 else []))
 
 
@@ -50,12 +54,36 @@ def multiverse(run_dir: Path) -> str:
     md = (run_dir / "multiverse.md").read_text(encoding="utf-8")
     summary = md[md.index("## Summary"):md.index("## Every variant")].replace("## Summary", "").strip()
     data = read_json(run_dir / "multiverse.json")
-    seconds = data.get("summary", {}).get("seconds")
+    seconds = data.get("seconds")  # scoring only, model load excluded; cached readings count as nothing
     head = md.split("\n\n")[1]
     return "\n\n".join([head, summary,
                         f"![specification curve]({publish(run_dir / 'multiverse.png', 'multiverse.png')})",
                         f"Every variant: [{publish(run_dir / 'multiverse.md', 'multiverse.md')}](docs/multiverse.md)"
-                        + (f"; the run took {seconds / 60:.1f} min." if seconds else ".")])
+                        + (f"; its scoring took {seconds / 60:.1f} min." if seconds else ".")])
+
+
+def curve(root: Path) -> str:
+    """The learning curve that sized --preset cpu-ablation: one sens-sens run per step count, root/steps-<S>/, each
+    row its report's paired bpb difference against base per benchmark."""
+    runs = sorted((int(d.name.split("-")[1]), d) for d in root.glob("steps-*") if (d / "report.md").is_file())
+    if not runs:
+        raise UserError(f"{root} holds no steps-<S>/report.md; run train.py --arm sens-sens --steps S --out {root}/steps-S")
+    rows, names = [], None
+    for steps, d in runs:
+        report = (d / "report.md").read_text(encoding="utf-8")
+        table = [line.split(" | ") for line in report[report.index("| benchmark |"):].split("\n\n")[0].splitlines()[2:]]
+        cells = {row[0].strip("| ").split(" (")[0]: row[-1].strip(" |").replace(", Wilcoxon p", "; p") for row in table
+                 if row[-1].strip(" |")}
+        names = names or list(cells)
+        log = [r["loss"] for r in read_jsonl(d / "train_log.jsonl")]
+        ends = [sum(part) / len(part) for part in (log[:10], log[-10:])]
+        rows.append(f"| {steps} | {ends[0]:.3f} -> {ends[1]:.3f} | "
+                    + " | ".join(cells.get(n, "") for n in names) + " |")
+    about = (f"`python train.py --arm sens-sens --preset cpu-ablation --steps S --out {shown(root)}/steps-S`"
+             " (seed 0), S per row. Each cell: the paired bpb difference sens-sens - base [95% paired bootstrap CI]"
+             "; Wilcoxon p (negative: the adapters predict the gold answer better).")
+    head = "| steps | training loss (mean of the first -> last 10 steps) | " + " | ".join(names) + " |"
+    return "\n".join([about, "", head, "|---|---|" + "---|" * len(names)] + rows)
 
 
 def ablation(run_dir: Path) -> str:
@@ -80,13 +108,13 @@ def plan(_) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("main", "multiverse", "ablation"):
+    for name in ("main", "multiverse", "curve", "ablation"):
         p.add_argument(f"--{name}", type=Path, default=None)
     p.add_argument("--plan", action="store_const", const=ROOT, default=None,
                    help="the paper preset's plan for the published Llama 3.1 8B config")
     args = p.parse_args(argv)
     text = README.read_text(encoding="utf-8")
-    for name, build in (("main", main_job), ("multiverse", multiverse), ("ablation", ablation), ("plan", plan)):
+    for name, build in (("main", main_job), ("multiverse", multiverse), ("curve", curve), ("ablation", ablation), ("plan", plan)):
         source = getattr(args, name)
         if source is not None and source.exists():
             text = replace_section(text, name, build(source.resolve()))

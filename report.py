@@ -340,17 +340,19 @@ def fmt_tests(t: dict | None, sd: float | None = None) -> tuple[str, str]:
     d = t.get("bpb_diff")
     if not d:
         return mc, ""
-    beyond = "" if sd is None else (" beyond seed sd" if abs(d["mean"]) > 2 * sd else " within seed noise")
+    beyond = "" if sd is None else ("more than 2 sd" if abs(d["mean"]) > 2 * sd else "within 2 sd")
     return mc, (f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}], Wilcoxon p {d['wilcoxon_p']:.3g}"
-                + (f", seed sd {sd:.4f}{beyond}" if sd is not None else ""))
+                + (f", seed sd {sd:.4f}: {beyond}" if sd is not None else ""))
 
 
-def arm_report(results: dict, base: dict, tests: dict, scores: dict, elapsed: float) -> str:
+def arm_report(results: dict, base: dict, tests: dict, scores: dict, seconds: float,
+               command_seconds: float) -> str:
     """report.md of one arm: layers, the co-localization reading, and base vs arm per benchmark with paired tests."""
     sp, opts = scores["spearman"], scores.get("options", {})
     training = results.get("training", {})
     runs = training.values() if "steps" not in training else [training]
-    losses = "; ".join(f"{t['first_loss']:.4f} -> {t['last_loss']:.4f}" for t in runs if t.get("steps"))
+    losses = "; ".join(f"{t.get('loss_first_10', t['first_loss']):.4f} -> {t.get('loss_last_10', t['last_loss']):.4f}"
+                       for t in runs if t.get("steps"))
     lines = [f"# {results['arm']} on {results['model']}", "",
              f"- LoRA layers: {results['lora_layers']}; GARFA layers: {results['garfa_layers']}"
              + (f"; seeds {results['seeds']}" if "seeds" in results else ""),
@@ -358,8 +360,9 @@ def arm_report(results: dict, base: dict, tests: dict, scores: dict, elapsed: fl
              f"r_s = {sp['r']:.3f}, p = {sp['p']:.2g}, 95% CI [{sp['ci95'][0]:.3f}, {sp['ci95'][1]:.3f}] -> "
              f"{scores.get('verdict', '')}. The verdict depends on the reading: `python sensitivity.py --multiverse` "
              f"scores all 16 (README, \"Every reading at once\").",
-             f"- Training loss (first -> last step): {losses or 'no training (evaluation only)'}",
-             f"- Wall time: {elapsed / 60:.1f} min", "",
+             f"- Training loss, mean of the first -> last 10 steps: {losses or 'no training (evaluation only)'}",
+             f"- Time: {seconds / 60:.1f} min of training and evaluation (summed over seeds); "
+             f"{command_seconds / 60:.1f} min wall for the command that wrote this report", "",
              "Accuracy % [95% Wilson CI]; gold bits per byte (lower is better) [95% bootstrap CI]. Paired tests on "
              "the same items: exact McNemar p (only base / only arm correct); bpb difference arm - base (negative: "
              "the arm predicts the gold answer better) [95% paired bootstrap CI], Wilcoxon signed-rank p.", "",
@@ -389,8 +392,10 @@ def arm_report(results: dict, base: dict, tests: dict, scores: dict, elapsed: fl
     return "\n".join(lines) + "\n"
 
 
-def write_comparison(out_dir: Path, arm_results: dict[str, dict], tests: dict[str, dict]) -> None:
-    """comparison.md (arms x benchmarks, sens-sens against each arm), comparison.png and bpb_differences.png."""
+def write_comparison(out_dir: Path, arm_results: dict[str, dict], tests: dict[str, dict],
+                     vs_base: dict[str, dict] | None = None) -> None:
+    """comparison.md (arms x benchmarks; each arm against base; sens-sens against each arm), comparison.png and
+    bpb_differences.png. `tests`: paired_tests(sens-sens, arm) per arm; `vs_base`: paired_tests(base, arm)."""
     first = next(iter(arm_results.values()))
     model = first["model"]
     benches = [b for b in first["benchmarks"] if any("n" in r["benchmarks"].get(b, {}) for r in arm_results.values())]
@@ -401,10 +406,21 @@ def write_comparison(out_dir: Path, arm_results: dict[str, dict], tests: dict[st
         cells = [" / ".join(x for x in (fmt_score(r["benchmarks"].get(b)), fmt_bpb(r["benchmarks"].get(b)))
                             if x != "—") for b in benches]
         lines.append(f"| {arm} | {r['lora_layers']} | {r['garfa_layers']} | " + " | ".join(cells) + " |")
+    if vs_base:
+        lines += ["", "Each arm against the base model on the same items: bpb difference arm - base (negative: the "
+                  "adapters predict the gold answer better) [95% paired bootstrap CI], Wilcoxon p, the arm's seed sd; "
+                  "exact McNemar p where accuracy was measured.", "",
+                  "| arm | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
+        for arm, t in vs_base.items():
+            sds = [arm_results[arm]["benchmarks"].get(b, {}).get("bpb", {}).get("sd") for b in benches]
+            cells = [fmt_tests(t.get(b), sd) for b, sd in zip(benches, sds)]
+            lines.append(f"| {arm} | " + " | ".join("; ".join(x for x in (d, f"McNemar {mc}" if mc else "") if x)
+                                                    for mc, d in cells) + " |")
     lines += ["", "sens-sens against each arm on the same items: exact McNemar p (only sens-sens / only the other arm "
               "correct); bpb difference other - sens-sens (positive: sens-sens predicts the gold answer better), "
               "paired bootstrap CI, Wilcoxon p, and the larger seed sd of the two arms.", "",
               "| arm | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
+    separated, compared = [], 0  # sens-sens vs another arm: paired CI excludes 0 and |difference| > 2 seed sd
     for arm, t in tests.items():
         cells = []
         for b in benches:
@@ -413,7 +429,16 @@ def write_comparison(out_dir: Path, arm_results: dict[str, dict], tests: dict[st
             sds = [s for s in sds if s is not None]
             mc, diff = fmt_tests(t.get(b), max(sds) if sds else None)
             cells.append("; ".join(x for x in (f"McNemar {mc}" if mc else "", diff) if x))
+            d = t.get(b, {}).get("bpb_diff")
+            if d and arm != "base":
+                compared += 1
+                if (d["ci95"][0] > 0 or d["ci95"][1] < 0) and abs(d["mean"]) > 2 * max(sds, default=0):
+                    separated.append(f"{arm} on {b} ({d['mean']:+.4f})")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if compared:
+        lines += ["", f"Of the {compared} bpb comparisons of sens-sens with the other paper arms, {len(separated)} have a "
+                  "95% paired CI that excludes zero and a difference larger than 2 seed sd"
+                  + (": " + ", ".join(separated) + "." if separated else ".")]
     write_atomic(out_dir / "comparison.md", "\n".join(lines) + "\n")
 
     plt = pyplot()
@@ -445,6 +470,9 @@ def write_comparison(out_dir: Path, arm_results: dict[str, dict], tests: dict[st
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(np.arange(len(benches)), benches)
     ax.set_ylabel("paired bpb difference, 95% CI")
-    ax.set_title(f"Gold bits per byte: other arm minus sens-sens ({model})")
+    n = first["benchmarks"][benches[0]].get("bpb", {}).get("n") if benches else None
+    seeds = len(first.get("seeds", [])) or 1
+    ax.set_title(f"Gold bits per byte: other arm minus sens-sens\n{model}, {n} items per benchmark, "
+                 f"{seeds} seed(s) per arm (per-item mean over seeds)", fontsize=10)
     ax.legend(fontsize=8)
     write_atomic(out_dir / "bpb_differences.png", png_bytes(fig))

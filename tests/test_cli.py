@@ -151,7 +151,7 @@ def test_train_help_shows_every_training_option_with_its_default(monkeypatch):
     for expected in ("--r R LoRA rank (default: 16)", "--alpha ALPHA LoRA alpha (scaling alpha / r) (default: 32.0)",
                      "--dropout DROPOUT LoRA dropout (default: 0.05)", "--lr-lora LR_LORA LoRA learning rate "
                      "(default: 0.0002)", "--steps STEPS optimizer steps; default by --preset: default 40, "
-                     "cpu-ablation 150, paper 1000", "(less memory, ~30% slower)",
+                     "cpu-ablation 50, paper 1000", "(less memory, ~30% slower)",
                      "--metrics METRICS accuracy and/or gold bits per byte; default by --preset: default acc,bpb"):
         assert expected in text, expected
     assert "(default: None)" not in text and "option_strings" not in text  # no raw argparse internals

@@ -10,6 +10,7 @@ from data import encode_example, example_index
 from files import UserError
 from garfa import apply_garfa
 from lora import apply_lora
+from report import paired_tests
 from train import PAPER_ARMS, Arm, TrainOptions, lr_factor, parse_arm, resolve_layers, train
 
 SCORES = {"k": 2, "sens_layers": [2, 1], "rope_layers": [0, 1]}
@@ -191,12 +192,25 @@ def test_ablation_end_to_end_writes_every_run_file(tmp_path, monkeypatch):
     assert base["benchmarks"]["mmlu"]["n"] == some_arm["benchmarks"]["mmlu"]["n"]  # the same items
     comparison = (out / "comparison.md").read_text()
     assert all(f"| {arm} |" in comparison for arm in PAPER_ARMS + ("base",)) and (out / "comparison.png").is_file()
+    against_base = comparison.split("Each arm against the base model")[1].split("sens-sens against each arm")[0]
+    rows = [line for line in against_base.splitlines() if line.startswith("| ") and "| arm |" not in line]
+    assert [row.split(" | ")[0][2:] for row in rows] == list(PAPER_ARMS)
+    for row, arm in zip(rows, PAPER_ARMS):  # the mmlu cell: arm - base, recomputed from the two prediction files
+        diff = paired_tests(out / "base", out / arm, ["mmlu"])["mmlu"]["bpb_diff"]["mean"]
+        assert row.split(" | ")[1].startswith(f"{diff:+.4f} [")
+    diffs = [paired_tests(out / "sens-sens", out / arm, BENCHES)[b]["bpb_diff"] for arm in PAPER_ARMS[1:]
+             for b in BENCHES]  # one seed: no seed sd, so a CI that excludes zero separates
+    apart = sum(d["ci95"][0] > 0 or d["ci95"][1] < 0 for d in diffs)
+    assert f"Of the {len(diffs)} bpb comparisons of sens-sens with the other paper arms, {apart} have" in comparison
 
     with pytest.raises(UserError, match="already holds a run"):  # a finished run is never overwritten
         train_module.main(argv)
     mtime = (out / "sens-sens" / "results.json").stat().st_mtime
-    train_module.main(argv + ["--resume"])  # every arm is complete: nothing is redone
+    time_line = lambda: next(x for x in (out / "sens-sens" / "report.md").read_text().splitlines() if x[:7] == "- Time:")
+    before = time_line()
+    train_module.main(argv + ["--resume"])  # every arm is complete: nothing is redone, the reports are rewritten
     assert (out / "sens-sens" / "results.json").stat().st_mtime == mtime
+    assert time_line().split(";")[0] == before.split(";")[0]  # the time the arm took, not the resume's
 
 
 def test_base_arm_is_the_baseline_unchanged(tmp_path, monkeypatch):
@@ -270,3 +284,6 @@ def test_seeds_write_one_directory_each_and_an_aggregate_with_numpy_mean_and_sd(
                  for s in (0, 1, 2)]
     assert mean_rows[0]["bpb"] == pytest.approx(np.mean([rows[0]["bpb"] for rows in seed_rows]))
     assert "seed sd" in (out / "report.md").read_text()
+    losses = [json.loads(x)["loss"] for x in (out / "seed-1" / "train_log.jsonl").read_text().splitlines()]
+    training = json.loads((out / "seed-1" / "results.json").read_text())["training"]
+    assert training["loss_first_10"] == training["loss_last_10"] == pytest.approx(np.mean(losses), abs=1e-5)

@@ -1,0 +1,41 @@
+"""readme.py: the generated sections come from run directories, and a missing marker is one clear error."""
+import json
+
+import pytest
+
+import readme
+from files import UserError
+
+TABLE = """| benchmark | base accuracy | arm accuracy | McNemar p | base bpb | arm bpb | bpb difference |
+|---|---|---|---|---|---|---|
+| mmlu | — | — |  | 1.5 [1.4, 1.6] | 1.5 [1.4, 1.6] | {mmlu}, Wilcoxon p 0.5 |
+| gpqa | not run | not run |  | — | — |  |
+| mgsm_en (offline stand-in for MGSM: GSM8K test 0-249, English) | — | — |  | 0.7 [0.7, 0.8] | 0.6 [0.6, 0.7] | {mgsm}, Wilcoxon p 1e-05 |
+"""
+
+
+def fake_curve_run(root, steps, mmlu, mgsm, losses):
+    d = root / f"steps-{steps}"
+    d.mkdir(parents=True)
+    (d / "report.md").write_text("# sens-sens\n\n" + TABLE.format(mmlu=mmlu, mgsm=mgsm) + "\nWhat the accuracy ...\n")
+    (d / "train_log.jsonl").write_text("".join(json.dumps({"step": i + 1, "loss": x}) + "\n"
+                                               for i, x in enumerate(losses)))
+
+
+def test_curve_rows_in_step_order_with_each_benchmarks_paired_difference(tmp_path, monkeypatch):
+    monkeypatch.setattr(readme, "ROOT", tmp_path)
+    fake_curve_run(tmp_path / "curve", 150, "-0.03 [-0.08, +0.02]", "-0.10 [-0.12, -0.09]", [2.0] * 10 + [1.0] * 10)
+    fake_curve_run(tmp_path / "curve", 50, "-0.01 [-0.06, +0.02]", "-0.03 [-0.04, -0.02]", [3.0] * 5 + [1.0] * 15)
+    lines = readme.curve(tmp_path / "curve").splitlines()
+    assert lines[2] == "| steps | training loss (mean of the first -> last 10 steps) | mmlu | mgsm_en |"
+    assert lines[4] == "| 50 | 2.000 -> 1.000 | -0.01 [-0.06, +0.02]; p 0.5 | -0.03 [-0.04, -0.02]; p 1e-05 |"
+    assert lines[5].startswith("| 150 | 2.000 -> 1.000 | -0.03 [-0.08, +0.02]; p 0.5 |")  # not run (gpqa): no column
+
+
+def test_a_missing_marker_or_run_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="no <!-- generated:curve --> section"):
+        readme.replace_section("no markers here", "curve", "body")
+    with pytest.raises(UserError, match="holds no steps-<S>/report.md"):
+        readme.curve(tmp_path)
+    text = "a\n<!-- generated:curve -->\nold\n<!-- /generated:curve -->\nb"
+    assert readme.replace_section(text, "curve", "new") == "a\n<!-- generated:curve -->\nnew\n<!-- /generated:curve -->\nb"
