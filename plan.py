@@ -246,7 +246,7 @@ def seconds_per_token(model) -> float:
 
 # Work per phase in forward-token equivalents (rough: with the base frozen, backward ~1x a forward, as in plan(); a
 # batched decode step ~6x a prefill token on CPU, from bench.py). Times one measured forward: the rough minutes.
-# (The cpu-ablation preset, 12 x 50 steps: about 27 min of training measured, 33 min estimated with this factor.)
+# (The cpu-ablation preset, 12 x 50 steps: 29 min of training measured, 33 min estimated with this factor.)
 PAIR_TOKENS, ITEM_TOKENS, DECODE_COST = 200 * 5, 300, 6
 
 
