@@ -67,7 +67,8 @@ def curve(root: Path) -> str:
     row its report's paired bpb difference against base per benchmark."""
     runs = sorted((int(d.name.split("-")[1]), d) for d in root.glob("steps-*") if (d / "report.md").is_file())
     if not runs:
-        raise UserError(f"{root} holds no steps-<S>/report.md; run train.py --arm sens-sens --steps S --out {root}/steps-S")
+        raise UserError(f"{root} holds no steps-<S>/report.md; "
+                        f"run train.py --arm sens-sens --steps S --out {root}/steps-S")
     rows, names = [], None
     for steps, d in runs:
         report = (d / "report.md").read_text(encoding="utf-8")
@@ -87,9 +88,10 @@ def curve(root: Path) -> str:
 
 
 def ablation(run_dir: Path) -> str:
-    md = (run_dir / "comparison.md").read_text(encoding="utf-8")
-    return md.split("\n", 2)[2].strip() + \
-        f"\n\n![bpb differences]({publish(run_dir / 'bpb_differences.png', 'ablation_bpb_differences.png')})"
+    md = (run_dir / "comparison.md").read_text(encoding="utf-8").split("\n", 2)[2].strip()
+    figure = run_dir / "bpb_differences.png"  # absent when the ablation measured accuracy only
+    link = f"\n\n![bpb differences]({publish(figure, 'ablation_bpb_differences.png')})" if figure.is_file() else ""
+    return md + link
 
 
 def plan(_) -> str:
@@ -114,10 +116,18 @@ def main(argv=None) -> None:
                    help="the paper preset's plan for the published Llama 3.1 8B config")
     args = p.parse_args(argv)
     text = README.read_text(encoding="utf-8")
-    for name, build in (("main", main_job), ("multiverse", multiverse), ("curve", curve), ("ablation", ablation), ("plan", plan)):
+    sections = (("main", main_job), ("multiverse", multiverse), ("curve", curve), ("ablation", ablation), ("plan", plan))
+    for name, build in sections:
         source = getattr(args, name)
         if source is not None and source.exists():
-            text = replace_section(text, name, build(source.resolve()))
+            try:
+                body = build(source.resolve())
+            except UserError:
+                raise
+            except (OSError, ValueError, IndexError, KeyError) as e:  # a missing file, a report of another shape
+                raise UserError(f"--{name} {source}: not a finished {name} run of this version "
+                                f"({type(e).__name__}: {e}); run it again, or give another directory") from e
+            text = replace_section(text, name, body)
             print(f"README: {name} from {source}")
     write_atomic(README, text)
 

@@ -39,3 +39,13 @@ def test_a_missing_marker_or_run_is_one_clear_error(tmp_path):
         readme.curve(tmp_path)
     text = "a\n<!-- generated:curve -->\nold\n<!-- /generated:curve -->\nb"
     assert readme.replace_section(text, "curve", "new") == "a\n<!-- generated:curve -->\nnew\n<!-- /generated:curve -->\nb"
+
+
+def test_a_directory_of_another_kind_is_one_line_naming_the_option(tmp_path, monkeypatch):
+    monkeypatch.setattr(readme, "README", tmp_path / "README.md")
+    (tmp_path / "README.md").write_text("<!-- generated:main -->\n<!-- /generated:main -->\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.md").write_text("# an older report without a benchmark table\n")
+    with pytest.raises(UserError, match=r"--main .*run: not a finished main run of this version \(ValueError"):
+        readme.main(["--main", str(tmp_path / "run")])
+    assert (tmp_path / "README.md").read_text() == "<!-- generated:main -->\n<!-- /generated:main -->\n"
