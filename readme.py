@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cli import run
 from files import ROOT, UserError, read_json, read_jsonl, write_atomic, write_json
+from report import loss_ends
 
 README = ROOT / "README.md"
 FIGURES = ROOT / "docs"  # runs/ is not committed: the README's figures and full tables are copied here
@@ -76,9 +77,8 @@ def curve(root: Path) -> str:
         cells = {row[0].strip("| ").split(" (")[0]: row[-1].strip(" |").replace(", Wilcoxon p", "; p") for row in table
                  if row[-1].strip(" |")}
         names = names or list(cells)
-        log = [r["loss"] for r in read_jsonl(d / "train_log.jsonl")]
-        ends = [sum(part) / len(part) for part in (log[:10], log[-10:])]
-        rows.append(f"| {steps} | {ends[0]:.3f} -> {ends[1]:.3f} | "
+        ends = loss_ends(read_jsonl(d / "train_log.jsonl"))
+        rows.append(f"| {steps} | {ends['loss_first_10']:.3f} -> {ends['loss_last_10']:.3f} | "
                     + " | ".join(cells.get(n, "") for n in names) + " |")
     about = (f"`python train.py --arm sens-sens --preset cpu-ablation --steps S --out {shown(root)}/steps-S`"
              " (seed 0), S per row. Each cell: the paired bpb difference sens-sens - base [95% paired bootstrap CI]"

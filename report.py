@@ -345,6 +345,13 @@ def fmt_tests(t: dict | None, sd: float | None = None) -> tuple[str, str]:
                 + (f", seed sd {sd:.4f}: {beyond}" if sd is not None else ""))
 
 
+def loss_ends(log: list[dict], n: int = 10) -> dict[str, float]:
+    """Mean training loss of the first and of the last n steps: one step covers a few hundred target tokens, too few
+    to read a trend from a single step."""
+    return {f"loss_{end}_{n}": round(float(np.mean([r["loss"] for r in part])), 5)
+            for end, part in (("first", log[:n]), ("last", log[-n:])) if part}
+
+
 def arm_report(results: dict, base: dict, tests: dict, scores: dict, seconds: float,
                command_seconds: float) -> str:
     """report.md of one arm: layers, the co-localization reading, and base vs arm per benchmark with paired tests."""

@@ -316,9 +316,7 @@ def run_seed(arm: Arm, job: Job, seed: int, scores: dict, run_dir: Path, base: t
                "benchmarks": benchmarks, "garfa_multipliers": multipliers,
                "training": {"steps": len(log), "first_loss": log[0]["loss"] if log else None,
                             "last_loss": log[-1]["loss"] if log else None, "seconds": round(time.time() - t0, 1),
-                            # one step's loss covers a few hundred target tokens: means of 10 say more than one
-                            **{f"loss_{end}_10": round(float(np.mean([r["loss"] for r in part])), 5)
-                               for end, part in (("first", log[:10]), ("last", log[-10:])) if part}}}
+                            **report.loss_ends(log)}}
     if dist.is_main():
         write_json(run_dir / "results.json", results)
     return results
