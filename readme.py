@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cli import run
+from cli import Parser, run
 from files import ROOT, UserError, read_json, read_jsonl, write_atomic, write_json
 from report import loss_ends
 
@@ -109,7 +109,7 @@ def plan(_) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("main", "multiverse", "curve", "ablation"):
         p.add_argument(f"--{name}", type=Path, default=None)
     p.add_argument("--plan", action="store_const", const=ROOT, default=None,

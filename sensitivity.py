@@ -31,7 +31,7 @@ from scipy import stats
 from tqdm import tqdm
 
 import report
-from cli import add_options, comma_ints, from_args, option, run
+from cli import Parser, add_options, comma_ints, from_args, option, run
 from files import (CACHE_DIR, DEFAULT_MODEL_DIR, ROOT, RUNS_DIR, UserError, claim_output, model_fingerprint, read_json,
                    write_atomic, write_json)
 from garfa import apply_garfa
@@ -419,7 +419,7 @@ def multiverse(model_dir: Path, model: Transformer, tok: Tokenizer, base: ScoreO
 # Command line
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None,
                    help=f"HF model directory (default: {DEFAULT_MODEL_DIR.name}, prepared on first use)")
     p.add_argument("--out", type=Path, default=None,

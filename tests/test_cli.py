@@ -128,6 +128,15 @@ def test_evaluate_options_are_one_line_errors_before_any_work(case, tiny, tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.parametrize("main, argv, expected", [
+    ("sensitivity", ["--multiverse", "--calib-seeds", "x"], "argument --calib-seeds: invalid comma_ints value: 'x'"),
+    ("readme", ["--curve"], "argument --curve: expected one argument"),
+])
+def test_the_other_commands_parse_mistakes_are_one_line_too(main, argv, expected, capsys):
+    module = __import__(main)
+    assert expected in one_line_error(capsys, module.main, argv)
+
+
 def test_a_user_error_exits_2_without_a_traceback_and_debug_shows_it(tiny, tmp_path, monkeypatch):
     bad = shutil.copytree(tiny, tmp_path / "mistral")
     (bad / "config.json").write_text(json.dumps({**json.loads((bad / "config.json").read_text()),
