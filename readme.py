@@ -4,7 +4,7 @@
                      [--curve runs/curve] [--ablation runs/ablation-SmolLM2-135M-Instruct] [--plan]
 
 Each section sits between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` in README.md; a section whose
-run directory is not given (or does not exist) is left as it is.
+run directory is not given is left as it is, and one that does not exist is an error (the README is not touched).
 """
 from __future__ import annotations
 
@@ -117,9 +117,13 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     text = README.read_text(encoding="utf-8")
     sections = (("main", main_job), ("multiverse", multiverse), ("curve", curve), ("ablation", ablation), ("plan", plan))
+    for name, _ in sections:  # every directory checked before any section is built
+        if getattr(args, name) is not None and not getattr(args, name).exists():
+            raise UserError(f"--{name} {getattr(args, name)}: no such directory; give the directory of a finished "
+                            f"{name} run")
     for name, build in sections:
         source = getattr(args, name)
-        if source is not None and source.exists():
+        if source is not None:
             try:
                 body = build(source.resolve())
             except UserError:
