@@ -1,17 +1,24 @@
 """Speed and memory of our model against `transformers` (+ `peft` for LoRA) on the same checkpoint.
 
-Both sides run the default model with the same dtype, device and thread count. Timing sections run the two models
-in one process, interleaved (ours, HF, ours, HF, ...) after a warm-up, and report medians; each side's LoRA step
-runs in its own fresh subprocess so that its peak memory is its own. Prints a table, writes bench.json.
+Both sides run the default model with the same dtype, device and thread count. Timing sections run the models in
+one process, interleaved (ours, HF, ours, HF, ...) after a warm-up: each row is the median of --repeats (default 5)
+timed calls per side, shown with the min-max range of those calls, so noise on a shared machine is visible. Each
+side's LoRA step runs in its own fresh subprocess so that its peak memory is its own. `--compile` adds our compiled
+path (compiled.py) as a third side, timed after its compilation, which is reported separately. Prints a table,
+writes bench.json.
 
     pip install -r requirements-dev.txt   # transformers and peft are the reference, not dependencies of the repo
     python bench.py                       # ~10 minutes on a 2-core CPU; --quick for a smoke run
-    python bench.py --device cuda --dtype bf16
+    python bench.py --compile             # + ours compiled (CPU: several minutes of compilation on top)
+    python bench.py --device cuda --dtype bf16 --compile
     python bench.py --shape llama-3.1-8b --dir /tmp/llama8b   # Llama 3.1 8B's real shape, random bf16 weights
 
 Rates: prefill is one forward pass over the prompt (no cache, next-token logits only, as in generation). Decode
 times a whole greedy `generate` call (prefill of the prompt included) and divides the new tokens by it; stopping is
-disabled on both sides, so each produces exactly `--new-tokens` tokens per prompt.
+disabled on both sides, so each produces exactly `--new-tokens` tokens per prompt. The decode step rate leaves the
+prefill out: (new tokens - 1) / (time of the call - time of a 1-token call). Its ceiling at batch 1 is the
+weight-streaming bound: one matrix-vector product over every weight matrix a decoding step reads (each nn.Linear,
+the tied output layer once), timed alone; a step cannot read its weights faster than that.
 
 `--shape llama-3.1-8b --dir DIR` checks the real shape instead of the default model: it writes (or reuses) a
 random-weight checkpoint of Llama 3.1 8B's config in DIR (random_checkpoint.py: 16 GB of bf16 shards laid out like
@@ -36,7 +43,9 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from compiled import compile_model, compile_seconds
 from evaluate import loglikelihoods
 from files import DEFAULT_MODEL_DIR, ROOT, write_atomic
 from lora import DEFAULT_TARGETS, apply_lora
@@ -49,10 +58,10 @@ PREFILL_SHAPES = ((1, 512), (8, 128))  # (batch, tokens)
 LORA = dict(r=16, alpha=32, dropout=0.05, lr=2e-4, batch=4, seq_len=256)  # completion = last half of each row
 MC = dict(questions=16, prompt_len=150, letters=4)
 MATMUL_N = 2048
-# Issue targets: ours / transformers for speed, ours / transformers' batch-1 rate for batched decode,
-# ours / transformers for LoRA peak memory (a ceiling).
-TARGETS = {"prefill 1x512 tok/s": 1.1, "prefill 8x128 tok/s": 1.1, "decode b1 tok/s": 1.3,
-           "decode b16 tok/s (vs HF b1)": 8.0, "LoRA step (speed-up)": 1.25, "LoRA peak RSS (ratio, max)": 0.6}
+# Issue targets (issue 19): speed ratios ours / transformers (+ peft), the batch-1 decoding step against the
+# weight-streaming bound, batched decode against transformers' batch-1 rate, LoRA peak memory ours / peft (a ceiling).
+TARGETS = {"decode b1 step tok/s (vs bound)": 0.9, "decode b16 tok/s (vs HF b1)": 8.0, "LoRA step (speed-up)": 1.0,
+           "LoRA step compiled (speed-up)": 1.25, "LoRA peak RSS (ratio, max)": 0.7}
 
 
 def require_reference():
@@ -139,11 +148,20 @@ def random_tokens(cfg: ModelConfig, *shape: int, seed: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # Loading and the measurements
 
-def load_models(args):
+def load_models(args) -> dict:
+    """The sides of the in-process timings: ours, ours compiled (with --compile), transformers."""
     transformers, _ = require_reference()
-    ours = Transformer.from_pretrained(args.model, dtype=args.torch_dtype, device=args.device)
-    hf = transformers.LlamaForCausalLM.from_pretrained(args.model, dtype=args.torch_dtype).to(args.device).eval()
-    return ours, hf
+    models = {"ours": Transformer.from_pretrained(args.model, dtype=args.torch_dtype, device=args.device)}
+    if args.compile:
+        models["compiled"] = compile_model(Transformer.from_pretrained(args.model, dtype=args.torch_dtype,
+                                                                       device=args.device))
+    models["hf"] = transformers.LlamaForCausalLM.from_pretrained(args.model, dtype=args.torch_dtype).to(
+        args.device).eval()
+    return models
+
+
+def ours(models: dict) -> dict:
+    return {name: m for name, m in models.items() if name != "hf"}
 
 
 @torch.inference_mode()
@@ -155,29 +173,50 @@ def matmul_peak(args) -> float:
 
 
 @torch.inference_mode()
-def bench_prefill(ours, hf, args, batch: int, seq_len: int) -> dict:
-    tokens = random_tokens(ours.config, batch, seq_len, seed=args.seed).to(args.device)
-    fns = {"ours": lambda: ours(tokens, last_only=True),
-           "hf": lambda: hf(input_ids=tokens, use_cache=False, logits_to_keep=1)}
-    return dict(times=interleaved(fns, args.repeats, args.warmup, args.device), tokens=batch * seq_len,
-                flops=prefill_flops(ours.config, batch, seq_len))
+def weight_stream_bound(model: Transformer, args) -> list[float]:
+    """Seconds of one matrix-vector product over every weight matrix a decoding step reads (each distinct
+    nn.Linear weight; a tied output layer is the embedding, read once): the batch-1 decoding step's floor."""
+    weights = {m.weight.data_ptr(): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    vectors = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype, device=w.device) for w in weights.values()}
 
+    def one_pass():
+        for w in weights.values():
+            F.linear(vectors[w.shape[1]], w)
 
-def bench_decode(ours, hf, args, batch: int, sides=("ours", "hf")) -> dict:
-    prompts = random_tokens(ours.config, batch, args.prompt_len, seed=args.seed)
-    n = args.new_tokens
-    hf_kwargs = dict(do_sample=False, max_new_tokens=n, min_new_tokens=n, temperature=None, top_p=None, top_k=None,
-                     pad_token_id=ours.config.pad_token_id, attention_mask=torch.ones_like(prompts).to(args.device))
-    fns = {"ours": lambda: generate(ours, prompts.tolist(), max_new_tokens=n, stop_ids=[]),
-           "hf": lambda: hf.generate(prompts.to(args.device), **hf_kwargs)}
-    times = interleaved({k: fns[k] for k in sides}, args.repeats, args.warmup, args.device)
-    return dict(times=times, tokens=batch * n)
+    return interleaved({"bound": one_pass}, repeats=max(args.repeats, 5), warmup=2, device=args.device)["bound"]
 
 
 @torch.inference_mode()
-def bench_mc(ours, hf, args) -> dict:
+def bench_prefill(models: dict, args, batch: int, seq_len: int) -> dict:
+    tokens = random_tokens(models["ours"].config, batch, seq_len, seed=args.seed).to(args.device)
+    fns = {name: (lambda m=m: m(tokens, last_only=True)) for name, m in ours(models).items()}
+    fns["hf"] = lambda: models["hf"](input_ids=tokens, use_cache=False, logits_to_keep=1)
+    return dict(times=interleaved(fns, args.repeats, args.warmup, args.device), units=batch * seq_len,
+                flops=prefill_flops(models["ours"].config, batch, seq_len))
+
+
+def bench_decode(models: dict, args, batch: int) -> dict:
+    """Whole generate calls of --new-tokens tokens, and of one token (the prefill alone), interleaved."""
+    prompts = random_tokens(models["ours"].config, batch, args.prompt_len, seed=args.seed)
+
+    def call(name, model, n):
+        if name == "hf":
+            kwargs = dict(do_sample=False, max_new_tokens=n, min_new_tokens=n, temperature=None, top_p=None, top_k=None,
+                          pad_token_id=model.config.pad_token_id, attention_mask=torch.ones_like(prompts).to(args.device))
+            return lambda: model.generate(prompts.to(args.device), **kwargs)
+        return lambda: generate(model, prompts.tolist(), max_new_tokens=n, stop_ids=[])
+
+    fns = {}
+    for name, model in models.items():
+        fns[name], fns[f"{name}@1"] = call(name, model, args.new_tokens), call(name, model, 1)
+    return dict(times=interleaved(fns, args.repeats, args.warmup, args.device), units=batch * args.new_tokens,
+                batch=batch, new_tokens=args.new_tokens)
+
+
+@torch.inference_mode()
+def bench_mc(models: dict, args) -> dict:
     """Multiple-choice letter scoring: one right-padded forward per batch, log-probs of 4 letters at the last token."""
-    cfg, rng = ours.config, random.Random(args.seed)
+    cfg, rng = models["ours"].config, random.Random(args.seed)
     lengths = [MC["prompt_len"] + rng.randint(-10, 10) for _ in range(MC["questions"])]
     letters = random_tokens(cfg, MC["letters"], seed=args.seed).tolist()
     requests = [(random_tokens(cfg, n, seed=args.seed + i).tolist(), [[c] for c in letters])
@@ -186,12 +225,14 @@ def bench_mc(ours, hf, args) -> dict:
     tokens, last = tokens.to(args.device), torch.tensor(lengths, device=args.device) - 1
 
     def hf_scores():  # padding comes after each row's end: causal attention never reads it, no mask needed
-        logits = hf(input_ids=tokens, use_cache=False).logits  # (B, T, vocab)
+        logits = models["hf"](input_ids=tokens, use_cache=False).logits  # (B, T, vocab)
         logp = logits[torch.arange(len(lengths)), last].float().log_softmax(-1)  # (B, vocab)
         return logp[:, letters].tolist()
 
-    fns = {"ours": lambda: loglikelihoods(ours, requests, batch_size=MC["questions"]), "hf": hf_scores}
-    return dict(times=interleaved(fns, args.repeats, args.warmup, args.device), questions=len(requests))
+    fns = {name: (lambda m=m: loglikelihoods(m, requests, batch_size=MC["questions"]))
+           for name, m in ours(models).items()}
+    fns["hf"] = hf_scores
+    return dict(times=interleaved(fns, args.repeats, args.warmup, args.device), units=len(requests))
 
 
 def lora_step_child(args) -> dict:
@@ -202,9 +243,11 @@ def lora_step_child(args) -> dict:
     tokens = random_tokens(cfg, B, T, seed=args.seed).to(args.device)
     completion = torch.zeros(B, T, dtype=torch.bool, device=args.device)
     completion[:, T // 2:] = True
-    if args.lora_child == "ours":
+    if args.lora_child in ("ours", "compiled"):
         model = Transformer.from_pretrained(args.model, dtype=args.torch_dtype, device=args.device)
         apply_lora(model, range(cfg.n_layers), r=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"])
+        if args.lora_child == "compiled":
+            compile_model(model)
 
         def loss_fn():
             nll, count = sequence_nll(model, tokens, completion)
@@ -229,19 +272,30 @@ def lora_step_child(args) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     times = interleaved({"step": step}, args.lora_repeats, warmup=1, device=args.device)["step"]
-    out = dict(times=times, rss_loaded=rss_loaded, rss_peak=peak_rss_bytes())
+    out = dict(times=times, rss_loaded=rss_loaded, rss_peak=peak_rss_bytes(), compile_s=compile_seconds())
     if args.device.type == "cuda":
         out["cuda_peak"] = torch.cuda.max_memory_allocated()
     return out
 
 
-def bench_lora(args, side: str) -> dict:
-    """Run lora_step_child in a fresh interpreter so each side's peak memory is its own."""
-    cmd = [sys.executable, __file__, "--lora-child", side, "--model", str(args.model), "--device", str(args.device),
-           "--dtype", args.dtype, "--threads", str(args.threads), "--seed", str(args.seed),
-           "--lora-repeats", str(args.lora_repeats)]
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def bench_lora(args, sides: list[str]) -> dict:
+    """lora_step_child of each side in a fresh interpreter (so each side's peak memory is its own), the sides taking
+    turns for --lora-rounds rounds: each side's timed steps are the union of its rounds, its peak the largest."""
+    out = {side: dict(times=[], rss_peak=0) for side in sides}
+    for _ in range(args.lora_rounds):
+        for side in sides:
+            cmd = [sys.executable, __file__, "--lora-child", side, "--model", str(args.model), "--device",
+                   str(args.device), "--dtype", args.dtype, "--threads", str(args.threads), "--seed", str(args.seed),
+                   "--lora-repeats", str(args.lora_repeats)]
+            done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            o = out[side]
+            o["times"] += r["times"]
+            o.setdefault("compile_s", r["compile_s"])  # the first round's: later rounds hit inductor's disk cache
+            o.setdefault("rss_loaded", r["rss_loaded"])
+            if r["rss_peak"] > o["rss_peak"]:
+                o.update(rss_peak=r["rss_peak"], rss_loaded=r["rss_loaded"])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -335,41 +389,71 @@ def print_shape_table(results: dict, args):
 # ----------------------------------------------------------------------------------------------------------------
 # Report
 
-def summarize(results: dict) -> list[tuple]:
-    """Rows of (metric, ours, transformers, ratio, target); ratio > 1 is better for ours except peak memory."""
-    rows, peak = [], results["matmul_peak_flops"]
-    for key, r in results["prefill"].items():
-        ours, hf = (r["tokens"] / median(r["times"][s]) for s in ("ours", "hf"))
-        rows.append((f"prefill {key} tok/s", ours, hf, ours / hf))
-        mfu = [r["flops"] / median(r["times"][s]) / peak * 100 for s in ("ours", "hf")]
-        rows.append((f"prefill {key} MFU %", *mfu, mfu[0] / mfu[1]))
-    d1, d16 = results["decode_b1"], results["decode_b16"]
-    ours, hf = (d1["tokens"] / median(d1["times"][s]) for s in ("ours", "hf"))
-    rows.append(("decode b1 tok/s", ours, hf, ours / hf))
-    ours16, hf16 = (d16["tokens"] / median(d16["times"][s]) for s in ("ours", "hf"))
-    rows.append(("decode b16 tok/s", ours16, hf16, ours16 / hf16))
-    rows.append(("decode b16 tok/s (vs HF b1)", ours16, hf, ours16 / hf))
-    mc = results["mc"]
-    ours, hf = (mc["questions"] / median(mc["times"][s]) for s in ("ours", "hf"))
-    rows.append(("MC scoring questions/s", ours, hf, ours / hf))
-    lo, lh = results["lora"]["ours"], results["lora"]["hf"]
-    rows.append(("LoRA step s", median(lo["times"]), median(lh["times"]), None))
-    rows.append(("LoRA step (speed-up)", None, None, median(lh["times"]) / median(lo["times"])))
-    gb = 2 ** -30
-    rows.append(("LoRA peak RSS GiB", lo["rss_peak"] * gb, lh["rss_peak"] * gb, None))
-    rows.append(("LoRA peak RSS (ratio, max)", None, None, lo["rss_peak"] / lh["rss_peak"]))
-    rows.append(("LoRA step RSS increment GiB", (lo["rss_peak"] - lo["rss_loaded"]) * gb,
-                 (lh["rss_peak"] - lh["rss_loaded"]) * gb, None))
-    return [(*row, TARGETS.get(row[0])) for row in rows]
+def rate(units: float, times: list[float]) -> tuple[float, float, float]:
+    """units per second at the median call, and at the slowest and the fastest (the spread)."""
+    return units / median(times), units / max(times), units / min(times)
 
 
-def print_table(rows: list[tuple]):
+def summarize(results: dict) -> list[dict]:
+    """One row per metric: each side's value with its (low, high) range over the repeats, the ratio ours /
+    reference (> 1 is better for ours, except peak memory) and the target. A compiled row compares ours compiled with
+    transformers eager, the way users run it."""
+    rows = []
+
+    def row(metric, values: dict, ratio=None):
+        rows.append(dict(metric=metric, values=values, ratio=ratio, target=TARGETS.get(metric)))
+
+    peak, sides = results["matmul_peak_flops"], [s for s in ("ours", "compiled") if s in results["sides"]]
+    for side in sides:
+        tag = "" if side == "ours" else " compiled"
+        for key, r in results["prefill"].items():
+            v = {s: rate(r["units"], r["times"][s]) for s in (side, "hf")}
+            row(f"prefill {key} tok/s{tag}", v, v[side][0] / v["hf"][0])
+            row(f"prefill {key} MFU %{tag}", {s: tuple(x * r["flops"] / r["units"] / peak * 100 for x in v[s])
+                                              for s in (side, "hf")})
+        for key in ("decode_b1", "decode_b16"):
+            d = results[key]
+            v = {s: rate(d["units"], d["times"][s]) for s in (side, "hf")}
+            row(f"decode b{d['batch']} tok/s{tag}", v, v[side][0] / v["hf"][0])
+            steps = {s: d["batch"] * (d["new_tokens"] - 1) / (median(d["times"][s]) - median(d["times"][f"{s}@1"]))
+                     for s in (side, "hf")}
+            row(f"decode b{d['batch']} step tok/s{tag}", {s: (x,) for s, x in steps.items()},
+                steps[side] / steps["hf"])
+            if d["batch"] == 1:
+                bound = 1 / median(results["weight_stream_s"])
+                row(f"decode b1 step tok/s (vs bound){tag}", {side: (steps[side],), "bound": (bound,)},
+                    steps[side] / bound)
+            else:
+                hf1 = rate(results["decode_b1"]["units"], results["decode_b1"]["times"]["hf"])[0]
+                row(f"decode b16 tok/s (vs HF b1){tag}", {side: v[side], "hf b1": (hf1,)}, v[side][0] / hf1)
+        mc = results["mc"]
+        v = {s: rate(mc["units"], mc["times"][s]) for s in (side, "hf")}
+        row(f"MC scoring questions/s{tag}", v, v[side][0] / v["hf"][0])
+    gb, lora = 2 ** -30, results["lora"]
+    for side in [s for s in ("ours", "compiled") if s in lora]:
+        tag = "" if side == "ours" else " compiled"
+        lo, lh = lora[side], lora["hf"]
+        row(f"LoRA step s{tag}", {side: (median(lo["times"]), min(lo["times"]), max(lo["times"])),
+                                  "hf": (median(lh["times"]), min(lh["times"]), max(lh["times"]))})
+        row(f"LoRA step{tag} (speed-up)", {}, median(lh["times"]) / median(lo["times"]))
+        row(f"LoRA peak RSS GiB{tag}", {side: (lo["rss_peak"] * gb,), "hf": (lh["rss_peak"] * gb,)})
+        row(f"LoRA peak RSS (ratio, max){tag}", {}, lo["rss_peak"] / lh["rss_peak"])
+    return rows
+
+
+def print_table(rows: list[dict]):
     fmt = lambda v: "" if v is None else f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
-    print("\n| metric | ours | transformers | ratio | target | pass |\n|---|---|---|---|---|---|")
-    for metric, ours, hf, ratio, target in rows:
-        ok = "" if target is None else "PASS" if (ratio <= target if "max" in metric else ratio >= target) else "FAIL"
-        bound = "" if target is None else f"{'<=' if 'max' in metric else '>='} {target}"
-        print(f"| {metric} | {fmt(ours)} | {fmt(hf)} | {fmt(ratio)} | {bound} | {ok} |")
+    cell = lambda v: fmt(v[0]) + (f" [{fmt(v[1])}-{fmt(v[2])}]" if len(v) == 3 else "")
+    print("\n| metric | ours | reference | ratio | target | pass |\n|---|---|---|---|---|---|")
+    for r in rows:
+        ours_side = next((s for s in ("ours", "compiled") if s in r["values"]), None)
+        ref = next((s for s in r["values"] if s != ours_side), None)
+        target, ratio, cap = r["target"], r["ratio"], "max" in r["metric"]
+        ok = "" if target is None else "PASS" if (ratio <= target if cap else ratio >= target) else "FAIL"
+        bound = "" if target is None else f"{'<=' if cap else '>='} {target}"
+        ours_cell = cell(r["values"][ours_side]) if ours_side else ""
+        ref_cell = f"{cell(r['values'][ref])}{'' if ref == 'hf' else f' ({ref})'}" if ref else ""
+        print(f"| {r['metric']} | {ours_cell} | {ref_cell} | {fmt(ratio)} | {bound} | {ok} |")
 
 
 def write_json(path, data: dict):
@@ -387,23 +471,35 @@ def main(args):
         results["device_name"] = torch.cuda.get_device_name(args.device)
     results["matmul_peak_flops"] = matmul_peak(args)
     print(f"matmul peak ({MATMUL_N}^2, {args.dtype}): {results['matmul_peak_flops'] / 1e9:.1f} GFLOP/s", flush=True)
-    ours, hf = load_models(args)
-    results["prefill"] = {}
-    for batch, seq_len in PREFILL_SHAPES:
-        results["prefill"][f"{batch}x{seq_len}"] = bench_prefill(ours, hf, args, batch, seq_len)
-        print(f"prefill {batch}x{seq_len} done", flush=True)
-    results["decode_b1"] = bench_decode(ours, hf, args, batch=1)
-    print("decode batch 1 done", flush=True)
-    results["decode_b16"] = bench_decode(ours, hf, args, batch=16)
-    print("decode batch 16 done", flush=True)
-    results["mc"] = bench_mc(ours, hf, args)
-    print("multiple-choice scoring done", flush=True)
-    del ours, hf
-    results["lora"] = {side: bench_lora(args, side) for side in ("ours", "hf")}
+    models = load_models(args)
+    results["sides"] = list(models)
+    results["weight_stream_s"] = weight_stream_bound(models["ours"], args)
+    print(f"weight-streaming bound: {1 / median(results['weight_stream_s']):.1f} tok/s at batch 1", flush=True)
+    results["compile_s"] = {}
+
+    def section(key, fn, *fn_args, **kwargs):  # compilation happens in each section's warm-up: timed apart
+        before = compile_seconds()
+        out = fn(models, args, *fn_args, **kwargs)
+        if args.compile:
+            results["compile_s"][key] = compile_seconds() - before
+        print(f"{key} done", flush=True)
+        return out
+
+    results["prefill"] = {f"{b}x{t}": section(f"prefill {b}x{t}", bench_prefill, b, t) for b, t in PREFILL_SHAPES}
+    results["decode_b1"] = section("decode batch 1", bench_decode, batch=1)
+    results["decode_b16"] = section("decode batch 16", bench_decode, batch=16)
+    results["mc"] = section("multiple-choice scoring", bench_mc)
+    models.clear()  # freed before the LoRA processes start
+    results["lora"] = bench_lora(args, ["ours", "hf"] + (["compiled"] if args.compile else []))
+    if args.compile:
+        results["compile_s"]["LoRA step"] = results["lora"]["compiled"]["compile_s"]
     print("LoRA steps done", flush=True)
     results["rows"] = summarize(results)
     results["wall_s"] = time.perf_counter() - start
     print_table(results["rows"])
+    if args.compile:
+        print("\ncompilation, seconds (excluded from the rates): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in results["compile_s"].items()))
     print(f"\nbench wall time {results['wall_s']:.0f} s; raw timings in {args.out}")
     write_json(args.out, results)
 
@@ -415,9 +511,13 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="weights and activations (default fp32; bf16 with --shape)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for both sides")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per side (median reported)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--lora-repeats", type=int, default=3, help="timed LoRA steps per side, after one warm-up step")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per side, interleaved (median and range)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per side first (compilation happens here)")
+    p.add_argument("--lora-repeats", type=int, default=3,
+                   help="timed LoRA steps per side and round, after one warm-up step")
+    p.add_argument("--lora-rounds", type=int, default=2,
+                   help="fresh processes per side, the sides taking turns (default 2: 6 timed steps per side)")
+    p.add_argument("--compile", action="store_true", help="add our compiled path (compiled.py) as a third side")
     p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default 128; 16 with --shape)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -431,7 +531,7 @@ def parse_args(argv=None):
     p.add_argument("--memory-limit-gb", type=float, default=None,
                    help="with --shape: cap each side's private memory (RLIMIT_DATA); beyond it the side reports an "
                         "error instead of waking the OOM killer")
-    p.add_argument("--lora-child", choices=("ours", "hf"), help=argparse.SUPPRESS)  # internal: one side's LoRA step
+    p.add_argument("--lora-child", choices=("ours", "compiled", "hf"), help=argparse.SUPPRESS)  # internal: one side's LoRA step
     p.add_argument("--load-child", choices=("ours", "hf"), help=argparse.SUPPRESS)  # internal: one side's load
     args = p.parse_args(argv)
     if args.shape and args.dir is None:
@@ -441,7 +541,7 @@ def parse_args(argv=None):
     args.prompt_len = args.prompt_len or (16 if real_shape else 128)
     args.out = args.out or (f"bench-{args.shape}.json" if args.shape else "bench.json")
     if args.quick:
-        args.repeats, args.lora_repeats, args.new_tokens = 1, 1, 16
+        args.repeats, args.lora_repeats, args.lora_rounds, args.new_tokens = 1, 1, 1, 16
     args.torch_dtype = DTYPES[args.dtype]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -30,6 +30,7 @@ import dist
 import report
 from answers import compare_math, compare_number, extract_boxed, extract_number, math_equal  # noqa: F401 (SPEC 5)
 from cli import Parser, add_options, comma_list, from_args, option, run
+from compiled import COMPILE_HELP, compile_line, compile_model
 from data import BenchmarkUnavailable, extracted, load_benchmark
 from files import (CACHE_DIR, RUNS_DIR, UserError, claim_output, json_line, locked, read_json, write_json,
                    write_jsonl)
@@ -380,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=default_device())
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="model weights (default: bfloat16 on CUDA, float32 elsewhere)")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     add_options(p.add_argument_group("evaluation (METHOD.md 6)"), EvalOptions)
     return p
 
@@ -414,11 +416,15 @@ def main(argv: list[str] | None = None) -> None:
         tok = Tokenizer.from_pretrained(model_dir)
         if args.adapter:
             load_adapter(model, args.adapter)
+        if args.compile:
+            compile_model(model)
         results = evaluate_model(model, tok, opts, out, args.batch_size)
         if dist.is_main():
             write_json(out / "results.json", config | {"benchmarks": results})
     print(report.results_table(results))
     print(f"predictions: {out / 'predictions'}")
+    if args.compile:
+        print(compile_line())
 
 
 if __name__ == "__main__":

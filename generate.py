@@ -1,7 +1,9 @@
 """Greedy generation: a left-padded batch, one prefill, then one cached step per token (METHOD.md 8).
 
 `model.generate` is this function. Rows leave the batch as they finish (a stop id, or the caller's stop check on the
-ids so far), so a long answer in one row does not make the finished rows keep computing.
+ids so far), so a long answer in one row does not make the finished rows keep computing. On a model prepared by
+`model.compile_model` the steps after the prefill run its compiled decoding step over a static KV cache instead:
+the batch keeps its shape (a finished row stays, unread), so one compiled graph serves every step.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int = 64,
         raise ValueError("generate: every prompt needs at least one token")
     stop_set = set(model.config.eos_token_ids if stop_ids is None else stop_ids)
     device = model.embed_tokens.weight.device
+    decode_step = getattr(model, "decode_step", None)  # compiled (model.compile_model), or None: eager
+    static = decode_step is not None
     B, P = len(prompts), max(len(p) for p in prompts)
     tokens = torch.zeros(B, P, dtype=torch.long)
     key_mask = torch.zeros(B, P + max_new_tokens, dtype=torch.bool)
@@ -31,26 +35,34 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int = 64,
         key_mask[i, P - len(p):] = True
     tokens, key_mask = tokens.to(device), key_mask.to(device)
     positions = (key_mask[:, :P].long().cumsum(-1) - 1).clamp(min=0)  # (B, P): real tokens count from 0
-    cache = model.new_cache(B, P + max_new_tokens)
+    padded = any(len(p) < P for p in prompts)
+    cache = model.new_cache(B, P + max_new_tokens, static=static)
     out = [[] for _ in range(B)]
-    active = list(range(B))  # batch row j generates for prompt active[j]
-    for _ in range(max_new_tokens):
-        logits = model(tokens, positions=positions, cache=cache, key_mask=key_mask[:, :cache.pos + tokens.shape[1]],
-                       last_only=True)
+    active = list(range(B))  # batch row j generates for prompt active[j]; None: finished (static batches only)
+    for step in range(max_new_tokens):
+        if static:
+            forward = model if step == 0 else decode_step  # the prefill's length varies; a decoding step's does not
+            logits = forward(tokens, positions=positions, cache=cache, key_mask=key_mask, last_only=True)
+        else:  # without padding, plain causal attention is exact (attention_mask returns None for one new token)
+            logits = model(tokens, positions=positions, cache=cache, last_only=True,
+                           key_mask=key_mask[:, :cache.pos + tokens.shape[1]] if padded else None)
         tokens = logits[:, -1].argmax(-1, keepdim=True)  # (B_active, 1)
         positions = positions[:, -1:] + 1
         still = []
         for j, t in enumerate(tokens[:, 0].tolist()):
             i = active[j]
-            if t not in stop_set:
+            if i is not None and t not in stop_set:
                 out[i].append(t)
                 if stop is None or not stop(i, out[i]):
                     still.append(j)
         if on_step is not None:
             on_step(len(still))
-        if len(still) < len(active):
+        if len(still) < sum(i is not None for i in active):
             if not still:
                 break
+            if static:
+                active = [i if j in still else None for j, i in enumerate(active)]
+                continue
             rows = torch.tensor(still, device=device)
             cache.keep(rows)
             tokens, positions, key_mask = tokens[rows], positions[rows], key_mask[rows]

@@ -74,45 +74,46 @@ def target_module(model: Transformer, layer: int, target: str) -> nn.Module:
 # ----------------------------------------------------------------------------------------------------------------
 # The module
 
-def keep_mask(x: torch.Tensor, p: float, rows: list[tuple[int, int]] | None) -> torch.Tensor:
-    """Which elements of x (B, T, in) dropout keeps. rows None: drawn from the global RNG, like nn.Dropout. Else one
+def keep_mask(shape: tuple[int, ...], p: float, rows: list[tuple[int, int]] | None, device=None) -> torch.Tensor:
+    """Which elements of an input of `shape` (B, T, in) dropout keeps. rows None: drawn from the global RNG, like nn.Dropout. Else one
     (seed, length) per batch row: row i's first `length` positions come from its own generator, so a row's masks do
     not depend on which rows share its batch, how far the batch is padded, or how many processes train (dist.py)."""
     if rows is None:
-        return torch.rand(x.shape, device=x.device) >= p
-    keep = torch.ones(x.shape, dtype=torch.bool, device=x.device)  # padding: never read by a real position
+        return torch.rand(shape, device=device) >= p
+    keep = torch.empty(shape, dtype=torch.bool, device=device)
     for i, (seed, length) in enumerate(rows):
-        g = torch.Generator(x.device).manual_seed(seed)
-        keep[i, :length] = torch.rand((length, *x.shape[2:]), generator=g, device=x.device) >= p  # (length, in)
+        g = torch.Generator(device or "cpu").manual_seed(seed)
+        keep[i, :length] = torch.rand((length, *shape[2:]), generator=g, device=device) >= p  # (length, in)
+        keep[i, length:] = True  # padding: never read by a real position
     return keep
 
 
 class DroppedDown(torch.autograd.Function):
-    """dropout(x) @ A.T for a LoRA A (r, in), keeping only a 1-byte keep-mask for backward.
+    """scale * (x * keep) @ A.T for a LoRA A (r, in): dropout's product, keeping only the 1-byte mask for backward.
 
     nn.Dropout would keep a float copy of the dropped input and, on CPU, a float mask: 8 bytes per input element and
     per target, about half of a LoRA step's saved activations. The base linear already keeps x itself, so this costs
-    1 byte per element. Same distribution as nn.Dropout: each element kept with probability 1 - p, scaled 1/(1 - p).
-    The mask comes from the global RNG, or from per-row seeds (`keep_mask`, `set_dropout_rows`).
+    1 byte per element. Dropout's 1 / (1 - p) is `scale`, applied on the r-wide side (r multiplies instead of in).
+    The mask (`keep_mask`) is an input: the function draws nothing, so torch.compile traces it whole.
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, A, p: float, rows: list[tuple[int, int]] | None = None):
-        keep = keep_mask(x, p, rows)  # (..., in) bool
-        ctx.scale = 1 / (1 - p)
+    def forward(ctx, x, A, keep, scale: float):
+        ctx.scale = scale
         ctx.save_for_backward(x, keep, A)
-        return F.linear((x.to(A.dtype) * keep).mul_(ctx.scale), A)  # (..., r)
+        return F.linear(x.to(A.dtype) * keep, A).mul_(scale)  # (..., r)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad):  # grad (..., r)
         x, keep, A = ctx.saved_tensors
+        grad = grad * ctx.scale
         grad_x = grad_A = None
         if ctx.needs_input_grad[0]:
-            grad_x = ((grad @ A.to(grad.dtype)) * keep).mul_(ctx.scale).to(x.dtype)
+            grad_x = ((grad @ A.to(grad.dtype)) * keep).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            h = (x.to(grad.dtype) * keep).mul_(ctx.scale)
+            h = x.to(grad.dtype) * keep
             grad_A = (grad.reshape(-1, grad.shape[-1]).T @ h.reshape(-1, h.shape[-1])).to(A.dtype)  # (r, in)
         return grad_x, grad_A, None, None
 
@@ -131,6 +132,7 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's (and PEFT's) init, from the global RNG
         self.dropout = float(dropout)  # probability, applied to the adapter's input in training mode (DroppedDown)
         self.dropout_rows = None  # per batch row (seed, length) of its dropout masks, or None: the global RNG
+        self.keep = None  # the next forward's dropout mask when drawn ahead of a compiled block (compiled.py)
         self.merged = False  # True while (alpha / r) B A is folded into `weight` (merge_lora)
         self.train(base.training)  # a new module starts in training mode: dropout would act inside an eval() model
 
@@ -142,7 +144,8 @@ class LoRALinear(nn.Module):
         if self.merged:
             return y
         if self.training and self.dropout > 0:
-            a = DroppedDown.apply(x, self.lora_A, self.dropout, self.dropout_rows)
+            keep = self.keep if self.keep is not None else keep_mask(x.shape, self.dropout, self.dropout_rows, x.device)
+            a = DroppedDown.apply(x, self.lora_A, keep, 1 / (1 - self.dropout))
         else:
             a = F.linear(x.to(self.lora_A.dtype), self.lora_A)  # (..., r)
         return y + (self.scaling * F.linear(a, self.lora_B)).to(y.dtype)  # (..., out)

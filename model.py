@@ -163,16 +163,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
-def attention_mask(start: int, T: int, key_mask: torch.Tensor | None, device=None) -> torch.Tensor | None:
-    """Boolean mask (B|1, 1, T, start+T), True = may attend; None where plain causal attention is exact.
+def attention_mask(start, T: int, key_mask: torch.Tensor | None, device=None,
+                   n_keys: int | None = None) -> torch.Tensor | None:
+    """Boolean mask (B|1, 1, T, n_keys), True = may attend; None where plain causal attention is exact.
 
-    `key_mask` (B, start+T) marks real tokens (False = padding). A padded query keeps its own slot so that no row
-    has every key masked: SDPA backends disagree on such rows (zeros on CPU in torch 2.13, NaN on some others).
+    The T queries sit in slots start.. (an int, or a 0-d tensor for a static cache) and the keys in slots 0..n_keys-1
+    (default start + T: the keys written so far). `key_mask` (B, n_keys) marks real tokens (False = padding). A padded
+    query keeps its own slot so that no row has every key masked: SDPA backends disagree on such rows (zeros on CPU in
+    torch 2.13, NaN on some others).
     """
-    if key_mask is None and (start == 0 or T == 1):
+    if n_keys is None and key_mask is None and (start == 0 or T == 1):
         return None
-    q_slot = torch.arange(start, start + T, device=device)[:, None]
-    k_slot = torch.arange(start + T, device=device)[None, :]
+    q_slot = (start + torch.arange(T, device=device))[:, None]
+    k_slot = torch.arange(start + T if n_keys is None else n_keys, device=device)[None, :]
     allowed = (k_slot <= q_slot)[None, None]  # (1, 1, T, S)
     if key_mask is not None:
         allowed = (allowed & key_mask[:, None, None, :]) | (k_slot == q_slot)  # (B, 1, T, S)
@@ -183,15 +186,33 @@ def attention_mask(start: int, T: int, key_mask: torch.Tensor | None, device=Non
 # Modules
 
 class KVCache:
-    """Preallocated keys and values of every layer; `pos` counts the slots already filled."""
+    """Preallocated keys and values of every layer; `pos` counts the slots already filled.
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
+    Dynamic (the default): new keys are written at pos.. and a step attends over the filled slots, so the shapes grow
+    by one per token. Static (compiled decoding, as in gpt-fast): pos is a 0-d tensor, keys are written by index and
+    every step attends over all slots under a mask, so every step has the same shapes and one compiled graph serves
+    every length.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device,
+                 static: bool = False):
         shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.pos = 0
+        self.static = static
+        self.pos = torch.zeros((), dtype=torch.long, device=device) if static else 0
+
+    @property
+    def n_keys(self) -> int | None:
+        """Key slots a step attends over: all of them when static, else those filled (None)."""
+        return self.k.shape[3] if self.static else None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.static:
+            slots = self.pos + torch.arange(k.shape[2], device=k.device)  # (T,)
+            self.k[layer].index_copy_(2, slots, k)
+            self.v[layer].index_copy_(2, slots, v)
+            return self.k[layer], self.v[layer]  # (B, n_kv, max_len, hd)
         end = self.pos + k.shape[2]
         if end > self.k.shape[3]:
             raise ValueError(f"KV cache holds {self.k.shape[3]} positions; writing up to {end}")
@@ -311,16 +332,16 @@ class Transformer(nn.Module):
                       output_hidden_states: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """tokens (B, T) -> final-normed states (B, T, D) and, if `output_hidden_states`, the L residual streams.
 
-        `cache` makes this a step of cached decoding (tokens go to slots cache.pos...); `key_mask` (B, cache.pos+T)
-        marks padding; `positions` (B, T) default to the slot index.
+        `cache` makes this a step of cached decoding (tokens go to slots cache.pos...); `key_mask` (B, cache.pos+T),
+        or (B, max_len) with a static cache, marks padding; `positions` (B, T) default to the slot index.
         """
         B, T = tokens.shape
         start = cache.pos if cache is not None else 0
         if positions is None:
-            positions = torch.arange(start, start + T, device=tokens.device).expand(B, T)
+            positions = (start + torch.arange(T, device=tokens.device)).expand(B, T)
         self.inv_freq = self.inv_freq.to(tokens.device)
         shared_rope = rope_cos_sin(positions, self.inv_freq[None])  # (B, 1, T, hd)
-        mask = attention_mask(start, T, key_mask, tokens.device)
+        mask = attention_mask(start, T, key_mask, tokens.device, cache.n_keys if cache is not None else None)
         x = self.embed_tokens(tokens)  # (B, T, D)
         blocks = []
         recompute = self.activation_checkpointing and torch.is_grad_enabled() and cache is None
@@ -347,9 +368,9 @@ class Transformer(nn.Module):
         logits = self.lm_head(x[:, -1:] if last_only else x)  # (B, T, vocab)
         return (logits, blocks) if output_hidden_states else logits
 
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
+    def new_cache(self, batch: int, max_len: int, static: bool = False) -> KVCache:
         p = self.embed_tokens.weight
-        return KVCache(self.config, batch, max_len, p.dtype, p.device)
+        return KVCache(self.config, batch, max_len, p.dtype, p.device, static)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
@@ -437,16 +458,43 @@ def right_pad(rows: list[list], pad=0, dtype: torch.dtype = torch.long) -> torch
     return out
 
 
-def _chunk_nll(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(F.linear(h, weight).float(), targets, reduction="none")
+def chunk_nll(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-log softmax(h W^T)[target] (N,) for a chunk of positions h (N, D), and the log-probabilities (N, V), float32."""
+    log_probs = F.linear(h, weight).float().log_softmax(-1)  # (N, V)
+    return -log_probs.gather(1, targets[:, None])[:, 0], log_probs
+
+
+class ChunkNLL(torch.autograd.Function):
+    """chunk_nll under autograd, with the gradient formed in the same pass.
+
+    d nll_i / d h_i = (softmax_i - onehot(target_i)) W: formed while the chunk's logits exist, it is one more matmul
+    and (N, D) numbers to keep, and backward only scales row i by the upstream gradient. So the logits are formed
+    once and never kept (a checkpointed cross-entropy forms them twice and runs the log-softmax three times). The
+    weight gets no gradient: LoRA and GARFA never train the output layer.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets):
+        if ctx.needs_input_grad[1]:
+            raise ValueError("sequence_nll: the output layer must be frozen (its gradient is not computed)")
+        nll, log_probs = chunk_nll(h, weight, targets)
+        probs = log_probs.exp_()  # softmax, in place
+        probs[torch.arange(len(targets), device=h.device), targets] -= 1
+        ctx.save_for_backward((probs.to(weight.dtype) @ weight).to(h.dtype))  # (N, D)
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad):  # grad (N,)
+        (grad_h,) = ctx.saved_tensors
+        return grad_h * grad[:, None].to(grad_h.dtype), None, None
 
 
 def sequence_nll(model: Transformer, tokens: torch.Tensor, target_mask: torch.Tensor,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed NLL of the tokens where target_mask (B, T) is True, each predicted from the position before it.
 
-    Returns (nll (B,), count (B,)). Logits are formed only at target positions, a chunk at a time; under autograd
-    each chunk is recomputed in backward, so no full-vocabulary float32 logits stay alive.
+    Returns (nll (B,), count (B,)). Logits are formed only at target positions, a chunk at a time, and none stays
+    alive: under autograd each chunk keeps its gradient with respect to h instead (ChunkNLL).
     """
     x, _ = model.hidden_states(tokens)  # (B, T, D)
     predict = target_mask[:, 1:]  # position t predicts token t + 1
@@ -455,8 +503,7 @@ def sequence_nll(model: Transformer, tokens: torch.Tensor, target_mask: torch.Te
     nll = []
     for i in range(0, len(targets), NLL_CHUNK):
         args = (h[i:i + NLL_CHUNK], model.lm_head.weight, targets[i:i + NLL_CHUNK])
-        nll.append(checkpoint(_chunk_nll, *args, use_reentrant=False) if torch.is_grad_enabled()
-                   else _chunk_nll(*args))
+        nll.append(ChunkNLL.apply(*args) if torch.is_grad_enabled() else chunk_nll(*args)[0])
     nll = torch.cat(nll) if nll else h.new_zeros(0, dtype=torch.float32)
     B = tokens.shape[0]
     total = torch.zeros(B, dtype=torch.float32, device=tokens.device).index_add(0, rows, nll)

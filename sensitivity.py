@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import report
 from cli import Parser, add_options, comma_ints, from_args, option, run
+from compiled import COMPILE_HELP, compile_line, compile_model
 from files import (CACHE_DIR, DEFAULT_MODEL_DIR, ROOT, RUNS_DIR, UserError, claim_output, model_fingerprint, read_json,
                    write_atomic, write_json)
 from garfa import apply_garfa
@@ -432,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "options are set by it)")
     p.add_argument("--calib-seeds", type=comma_ints, default="0,1,2,3,4",
                    help="--multiverse auto draws; \"\" for the shipped pairs only (default: %(default)s)")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     add_score_args(p.add_argument_group("layer scoring (METHOD.md 4.1-4.4)"))
     return p
 
@@ -444,6 +446,8 @@ def main(argv=None) -> None:
     options = options_from_args(args)
     t0 = time.time()
     model = Transformer.from_pretrained(model_dir, dtype=resolve_dtype(args.dtype, args.device), device=args.device)
+    if args.compile:
+        compile_model(model)
     tok = Tokenizer.from_pretrained(model_dir)
     kind = "multiverse" if args.multiverse else "layer-score run"
     out = args.out or RUNS_DIR / f"{'multiverse' if args.multiverse else 'sensitivity'}-{model_dir.name}"
@@ -454,9 +458,11 @@ def main(argv=None) -> None:
         if not args.multiverse:
             print(report.scores_summary(load_or_compute_scores(model_dir, model, tok, options, out_dir=out)))
             print(f"-> {out / 'scores.json'}, {out / 'layer_scores.png'} ({time.time() - t0:.0f} s)")
-            return
-        print(report.write_multiverse(out, multiverse(model_dir, model, tok, options, args.calib_seeds)))
-        print(f"-> {out / 'multiverse.json'}, multiverse.md, multiverse.png ({time.time() - t0:.0f} s)")
+        else:
+            print(report.write_multiverse(out, multiverse(model_dir, model, tok, options, args.calib_seeds)))
+            print(f"-> {out / 'multiverse.json'}, multiverse.md, multiverse.png ({time.time() - t0:.0f} s)")
+    if args.compile:
+        print(compile_line())
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from tqdm import tqdm
 import dist
 import report
 from cli import Parser, add_options, comma_ints, comma_list, from_args, option, run
+from compiled import COMPILE_HELP, compile_line, compile_model, compile_seconds
 from data import example_index, training_examples
 from evaluate import EvalOptions, baseline_dir, evaluate_model, shared_evaluation
 from files import (CACHE_DIR, CHECKPOINT, DEFAULT_MODEL_DIR, PREVIOUS_CHECKPOINT, RUNS_DIR, UserError, claim_output,
@@ -269,6 +270,7 @@ class Job:
     resume: bool
     restart: bool
     previous: bool
+    compile: bool = False
 
 
 def load_model(job: Job) -> tuple[Transformer, Tokenizer]:
@@ -299,6 +301,8 @@ def run_seed(arm: Arm, job: Job, seed: int, scores: dict, run_dir: Path, base: t
                        targets=job.train.targets)
         if garfa_layers:
             apply_garfa(model, garfa_layers)
+        if job.compile:
+            compile_model(model)
         log = train(model, examples, job.train, seed, tok.pad_id, run_dir, job.resume and not job.restart,
                     job.previous)
         if dist.is_main():
@@ -317,6 +321,8 @@ def run_seed(arm: Arm, job: Job, seed: int, scores: dict, run_dir: Path, base: t
                "training": {"steps": len(log), "first_loss": log[0]["loss"] if log else None,
                             "last_loss": log[-1]["loss"] if log else None, "seconds": round(time.time() - t0, 1),
                             **report.loss_ends(log)}}
+    if job.compile:  # this process's compilation so far (scoring, the base evaluation and earlier arms included)
+        results["compile_s"] = round(compile_seconds(), 1)
     if dist.is_main():
         write_json(run_dir / "results.json", results)
     return results
@@ -351,7 +357,7 @@ RESUME_KEYS = ("arm", "model", "seeds", "dtype", "chat", "train", "eval", "score
 def run_config(arm_text: str, job: Job) -> dict:
     return {"arm": arm_text, "model": str(job.model_dir), "seeds": list(job.seeds), "dtype": str(job.dtype),
             "chat": job.chat, "train": asdict(job.train), "eval": asdict(job.eval), "scores": asdict(job.scores),
-            "device": job.device, "processes": dist.world_size(), **provenance()}
+            "device": job.device, "processes": dist.world_size(), "compile": job.compile, **provenance()}
 
 
 def arm_or_ablation(text: str) -> str:
@@ -378,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=default_device(), help="(default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="model weights (default: bfloat16 on CUDA, float32 elsewhere)")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.add_argument("--chat", choices=CHAT_MODES, default="auto",
                    help="chat template for the families that use it (math, gsm), in scoring, training and "
                         "evaluation alike (default: auto)")
@@ -420,7 +427,7 @@ def build_job(args) -> Job:
                scores=options_from_args(args, seed=args.seed, chat=args.chat), seeds=tuple(seeds),
                device=args.device, dtype=resolve_dtype(args.dtype, args.device), chat=args.chat,
                eval_batch_size=eval_batch_size, resume=args.resume, restart=args.restart,
-               previous=args.previous_checkpoint)
+               previous=args.previous_checkpoint, compile=args.compile)
 
 
 def print_plan(job: Job, arm_text: str) -> None:
@@ -445,6 +452,8 @@ def main(argv=None) -> None:
                                 (CACHE_DIR / f"scores-{scores_key(job.model_dir, model, job.scores)}.json").is_file(),
                                 (baseline_dir(model, job.eval, model_fingerprint(job.model_dir))
                                  / "eval_results.json").is_file()))
+        if job.compile:  # after the phase line, which times one eager forward
+            compile_model(model)
         with dist.main_first():  # scored once, by rank 0; the other ranks read its cached result
             scores = load_or_compute_scores(job.model_dir, model, tok, job.scores,
                                             out_dir=out if dist.is_main() else None)
@@ -453,6 +462,8 @@ def main(argv=None) -> None:
         examples = training_examples(tok, args.seed, job.train.seq_len, job.chat)
         if args.arm != "ablation":
             run_arm(arms[0], job, scores, out, base, examples, loaded=(model, tok), started=started)
+            if job.compile:
+                print(compile_line())
             return
         del model  # every arm of the ablation starts from a freshly loaded model
         t0, results = time.time(), {}
@@ -471,6 +482,8 @@ def main(argv=None) -> None:
         vs_base = {arm: report.paired_tests(out / "base", out / arm, benchmarks) for arm in results if arm != "base"}
         report.write_comparison(out, results, tests, vs_base)
         print(f"ablation: done in {(time.time() - t0) / 60:.1f} min -> {out / 'comparison.md'}")
+        if job.compile:
+            print(compile_line())
 
 
 if __name__ == "__main__":

@@ -75,8 +75,8 @@ def test_a_rows_dropout_mask_does_not_depend_on_its_batch():
     """The same row alone or in a padded batch with other rows: the same mask on its real positions."""
     from lora import keep_mask
 
-    alone = keep_mask(torch.zeros(1, 25, 24), 0.3, [(12, 25)])
-    together = keep_mask(torch.zeros(3, 40, 24), 0.3, [(11, 40), (12, 25), (13, 30)])  # (B, T, in)
+    alone = keep_mask((1, 25, 24), 0.3, [(12, 25)])
+    together = keep_mask((3, 40, 24), 0.3, [(11, 40), (12, 25), (13, 30)])  # (B, T, in)
     assert torch.equal(together[1, :25], alone[0]) and together[1, 25:].all()  # padding: never read
     assert not torch.equal(together[0, :25], together[1, :25])  # rows differ
     assert 0.65 < together[0].float().mean() < 0.75  # kept with probability 1 - p

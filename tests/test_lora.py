@@ -9,7 +9,7 @@ from conftest import (LLAMA3_SCALING, TOL, adamw_losses, reference, base_model, 
                       logits, save_checkpoint, tiny_hf_config)
 from garfa import GARFA_FILE, apply_garfa, garfa_layers
 from lora import (DEFAULT_TARGETS, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, TARGETS, DroppedDown, LoRALinear, apply_lora,
-                  count_trainable, load_adapter, lora_layers, lora_modules, merge_lora, save_adapter, unmerge_lora)
+                  count_trainable, keep_mask, load_adapter, lora_layers, lora_modules, merge_lora, save_adapter, unmerge_lora)
 
 
 def randomize_lora_(model, seed=0, std=0.1):
@@ -114,7 +114,7 @@ def test_dropped_down_equals_plain_dropout_with_the_same_mask():
     A = torch.randn(4, 24, generator=g, requires_grad=True)
     upstream = torch.randn(3, 50, 4, generator=g)
     torch.manual_seed(7)
-    out = DroppedDown.apply(x, A, p)
+    out = DroppedDown.apply(x, A, keep_mask(x.shape, p, None), 1 / (1 - p))
     (out * upstream).sum().backward()
     torch.manual_seed(7)
     keep = torch.rand(x.shape) >= p

@@ -243,26 +243,35 @@ def test_from_pretrained_dtype_and_tied_head(tmp_path):
 
 
 def test_sequence_nll_matches_full_cross_entropy(monkeypatch):
-    """Chunked completion-only NLL (and its gradient) equals cross-entropy over full logits."""
+    """Chunked completion-only NLL and its gradients (every weight below the frozen output layer) equal
+    cross-entropy over full logits; a trainable output layer is refused rather than left without a gradient."""
     import model as model_module
 
     monkeypatch.setattr(model_module, "NLL_CHUNK", 7)  # several chunks, one of them partial
     model = tiny_model()
-    model.lm_head.weight.requires_grad_(True)
+    model.lm_head.weight.requires_grad_(False)
+    model.embed_tokens.weight.requires_grad_(False)  # tied or not: the output layer is frozen in training
     tokens = torch.randint(0, 96, (3, 24), generator=torch.Generator().manual_seed(4))
     mask = torch.zeros(3, 24, dtype=torch.bool)
     mask[0, 10:], mask[1, 3:9], mask[2, 23] = True, True, True
+    upstream = torch.tensor([0.5, -2.0, 3.0])  # backward scales each row's kept gradient by its own weight
     nll, count = model_module.sequence_nll(model, tokens, mask)
-    nll.sum().backward()
-    grad = model.lm_head.weight.grad.clone()
+    (nll @ upstream).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
 
     logp = torch.log_softmax(model(tokens)[:, :-1], dim=-1).gather(-1, tokens[:, 1:, None])[..., 0]
     expected = -(logp * mask[:, 1:]).sum(-1)
-    expected.sum().backward()
+    (expected @ upstream).backward()
     assert count.tolist() == [14, 6, 1]
     assert torch.allclose(nll, expected, atol=1e-4)
-    assert torch.allclose(grad, model.lm_head.weight.grad, atol=1e-5)
+    assert len(grads) > 10 and all(g.abs().max() > 0 for g in grads.values())
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+    model.lm_head.weight.requires_grad_(True)
+    with pytest.raises(ValueError, match="output layer must be frozen"):
+        model_module.sequence_nll(model, tokens, mask)
 
 
 @pytest.fixture(scope="module")
