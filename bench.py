@@ -441,19 +441,21 @@ def summarize(results: dict) -> list[dict]:
     return rows
 
 
-def print_table(rows: list[dict]):
+def format_table(rows: list[dict]) -> str:
+    """The rows as a markdown table: value [slowest-fastest] per side, the ratio, the target and whether it is met."""
     fmt = lambda v: "" if v is None else f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
     cell = lambda v: fmt(v[0]) + (f" [{fmt(v[1])}-{fmt(v[2])}]" if len(v) == 3 else "")
-    print("\n| metric | ours | reference | ratio | target | pass |\n|---|---|---|---|---|---|")
+    lines = ["| metric | ours | reference | ratio | target | met |", "|---|---|---|---|---|---|"]
     for r in rows:
         ours_side = next((s for s in ("ours", "compiled") if s in r["values"]), None)
         ref = next((s for s in r["values"] if s != ours_side), None)
         target, ratio, cap = r["target"], r["ratio"], "max" in r["metric"]
-        ok = "" if target is None else "PASS" if (ratio <= target if cap else ratio >= target) else "FAIL"
+        ok = "" if target is None else "yes" if (ratio <= target if cap else ratio >= target) else "**no**"
         bound = "" if target is None else f"{'<=' if cap else '>='} {target}"
         ours_cell = cell(r["values"][ours_side]) if ours_side else ""
         ref_cell = f"{cell(r['values'][ref])}{'' if ref == 'hf' else f' ({ref})'}" if ref else ""
-        print(f"| {r['metric']} | {ours_cell} | {ref_cell} | {fmt(ratio)} | {bound} | {ok} |")
+        lines.append(f"| {r['metric']} | {ours_cell} | {ref_cell} | {fmt(ratio)} | {bound} | {ok} |")
+    return "\n".join(lines)
 
 
 def write_json(path, data: dict):
@@ -496,7 +498,7 @@ def main(args):
     print("LoRA steps done", flush=True)
     results["rows"] = summarize(results)
     results["wall_s"] = time.perf_counter() - start
-    print_table(results["rows"])
+    print("\n" + format_table(results["rows"]))
     if args.compile:
         print("\ncompilation, seconds (excluded from the rates): "
               + ", ".join(f"{k} {v:.0f}" for k, v in results["compile_s"].items()))

@@ -196,39 +196,53 @@ class KVCache:
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device,
                  static: bool = False):
-        shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # One tensor per layer, not views of one: a compiled step then updates each in place (a view's update is
+        # written back into its whole base tensor, every layer's, at every step).
+        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
         self.static = static
         self.pos = torch.zeros((), dtype=torch.long, device=device) if static else 0
 
     @property
     def n_keys(self) -> int | None:
         """Key slots a step attends over: all of them when static, else those filled (None)."""
-        return self.k.shape[3] if self.static else None
+        return self.k[0].shape[2] if self.static else None
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.static:
-            slots = self.pos + torch.arange(k.shape[2], device=k.device)  # (T,)
-            self.k[layer].index_copy_(2, slots, k)
-            self.v[layer].index_copy_(2, slots, v)
-            return self.k[layer], self.v[layer]  # (B, n_kv, max_len, hd)
-        end = self.pos + k.shape[2]
-        if end > self.k.shape[3]:
-            raise ValueError(f"KV cache holds {self.k.shape[3]} positions; writing up to {end}")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, n_kv, end, hd)
+    def layer(self, i: int) -> "LayerCache":
+        return LayerCache(self, self.k[i], self.v[i])
 
     def keep(self, rows: torch.Tensor) -> None:
         """Drop every batch row not in `rows` (finished sequences stop costing compute)."""
-        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self.k, self.v = [k[rows] for k in self.k], [v[rows] for v in self.v]
+
+
+class LayerCache:
+    """One layer's keys and values in a KVCache: what a block sees. (A block that indexed the whole cache by its layer
+    number would make a compiled block specialise on that number: one graph per layer instead of one for all.)"""
+
+    def __init__(self, cache: KVCache, k: torch.Tensor, v: torch.Tensor):
+        self.cache, self.k, self.v = cache, k, v  # (B, n_kv, max_len, hd), the cache's own tensors
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new keys and values (B, n_kv, T, hd) at slots pos.. and return what a step attends over."""
+        pos, T = self.cache.pos, k.shape[2]
+        if self.cache.static:
+            slots = pos + torch.arange(T, device=k.device)  # (T,)
+            self.k.index_copy_(2, slots, k)
+            self.v.index_copy_(2, slots, v)
+            return self.k, self.v  # (B, n_kv, max_len, hd)
+        if pos + T > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; writing up to {pos + T}")
+        self.k[:, :, pos:pos + T] = k
+        self.v[:, :, pos:pos + T] = v
+        return self.k[:, :, :pos + T], self.v[:, :, :pos + T]  # (B, n_kv, pos + T, hd)
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg, self.layer = cfg, layer
+        self.cfg = cfg
         self.q_proj = nn.Linear(cfg.hidden_size, cfg.n_heads * cfg.head_dim, bias=False)
         self.k_proj = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=False)
@@ -237,7 +251,7 @@ class Attention(nn.Module):
         # plugs in here; None means this layer uses the rotation tables shared by all layers.
         self.rope_freqs: nn.Module | None = None
 
-    def forward(self, x, positions, inv_freq, shared_rope, mask=None, cache: KVCache | None = None):
+    def forward(self, x, positions, inv_freq, shared_rope, mask=None, cache: LayerCache | None = None):
         cfg = self.cfg
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)  # (B, n_heads, T, hd)
@@ -251,7 +265,7 @@ class Attention(nn.Module):
             cos_q, sin_q = (t.repeat_interleave(cfg.n_rep, dim=1) for t in (cos_k, sin_k))  # (B, n_heads, T, hd)
         q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos_k, sin_k)
         if cache is not None:
-            k, v = cache.update(self.layer, k, v)  # (B, n_kv, S, hd)
+            k, v = cache.update(k, v)  # (B, n_kv, S, hd)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                            enable_gqa=cfg.n_rep > 1)  # (B, n_heads, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, cfg.n_heads * cfg.head_dim))
@@ -296,10 +310,10 @@ class RMSNorm(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg, layer)
+        self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = FeedForward(cfg)
 
@@ -313,7 +327,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
@@ -345,11 +359,11 @@ class Transformer(nn.Module):
         x = self.embed_tokens(tokens)  # (B, T, D)
         blocks = []
         recompute = self.activation_checkpointing and torch.is_grad_enabled() and cache is None
-        for block in self.layers:
+        for i, block in enumerate(self.layers):
             if recompute:
                 x = checkpoint(block, x, positions, self.inv_freq, shared_rope, mask, use_reentrant=False)
             else:
-                x = block(x, positions, self.inv_freq, shared_rope, mask, cache)
+                x = block(x, positions, self.inv_freq, shared_rope, mask, cache.layer(i) if cache is not None else None)
             if output_hidden_states:
                 blocks.append(x)
         if cache is not None:

@@ -2,6 +2,7 @@
 
     python readme.py [--main runs/sens-sens-SmolLM2-135M-Instruct] [--multiverse runs/multiverse-SmolLM2-135M-Instruct]
                      [--curve runs/curve] [--ablation runs/ablation-SmolLM2-135M-Instruct] [--plan]
+                     [--bench bench.json]
 
 Each section sits between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` in README.md; a section whose
 run directory is not given is left as it is, and one that does not exist is an error (the README is not touched).
@@ -94,6 +95,27 @@ def ablation(run_dir: Path) -> str:
     return md + link
 
 
+def bench(path: Path) -> str:
+    """bench.py's table from its JSON, with the settings and versions it ran with."""
+    from bench import format_table
+
+    data = read_json(path, "run python bench.py again", what="a bench.py result")
+    settings, versions = data["settings"], data["versions"]
+    command = "python bench.py" + (" --compile" if settings.get("compile") == "True" else "")
+    bound = 1 / sorted(data["weight_stream_s"])[len(data["weight_stream_s"]) // 2]
+    head = (f"`{command}` ({data['wall_s'] / 60:.0f} min): {settings['device']} ({data['device_name']}), "
+            f"{settings['dtype']}, {data['threads']} threads; torch {versions['torch']}, transformers "
+            f"{versions['transformers']}, peft {versions['peft']}. Matmul peak {data['matmul_peak_flops'] / 1e9:.0f} "
+            f"GFLOP/s, weight-streaming bound {bound:.1f} tok/s. Each cell is the median of {settings['repeats']} "
+            f"interleaved calls [slowest-fastest]; the LoRA step is the median of "
+            f"{int(settings['lora_rounds']) * int(settings['lora_repeats'])} steps over {settings['lora_rounds']} "
+            f"fresh processes per side.")
+    compiled = data.get("compile_s") or {}
+    tail = ("Compilation, seconds, excluded from the rates: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in compiled.items()) + ".") if compiled else ""
+    return "\n\n".join(x for x in (head, format_table(data["rows"]), tail) if x)
+
+
 def plan(_) -> str:
     """train.py --plan on the published Llama 3.1 8B config (random_checkpoint.LLAMA_3_1_8B), as on a GPU (bf16)."""
     from random_checkpoint import LLAMA_3_1_8B
@@ -110,17 +132,18 @@ def plan(_) -> str:
 
 def main(argv=None) -> None:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("main", "multiverse", "curve", "ablation"):
+    for name in ("main", "multiverse", "curve", "ablation", "bench"):
         p.add_argument(f"--{name}", type=Path, default=None)
     p.add_argument("--plan", action="store_const", const=ROOT, default=None,
                    help="the paper preset's plan for the published Llama 3.1 8B config")
     args = p.parse_args(argv)
     text = README.read_text(encoding="utf-8")
-    sections = (("main", main_job), ("multiverse", multiverse), ("curve", curve), ("ablation", ablation), ("plan", plan))
+    sections = (("main", main_job), ("multiverse", multiverse), ("curve", curve), ("ablation", ablation), ("plan", plan),
+                ("bench", bench))
     for name, _ in sections:  # every directory checked before any section is built
         if getattr(args, name) is not None and not getattr(args, name).exists():
-            raise UserError(f"--{name} {getattr(args, name)}: no such directory; give the directory of a finished "
-                            f"{name} run")
+            raise UserError(f"--{name} {getattr(args, name)}: not found; give the "
+                            f"{'bench.json' if name == 'bench' else 'directory'} of a finished {name} run")
     for name, build in sections:
         source = getattr(args, name)
         if source is not None:

@@ -48,6 +48,6 @@ def test_a_directory_of_another_kind_is_one_line_naming_the_option(tmp_path, mon
     (tmp_path / "run" / "report.md").write_text("# an older report without a benchmark table\n")
     with pytest.raises(UserError, match=r"--main .*run: not a finished main run of this version \(ValueError"):
         readme.main(["--main", str(tmp_path / "run")])
-    with pytest.raises(UserError, match=r"--ablation .*nowhere: no such directory"):
+    with pytest.raises(UserError, match=r"--ablation .*nowhere: not found; give the directory"):
         readme.main(["--main", str(tmp_path / "run"), "--ablation", str(tmp_path / "nowhere")])
     assert (tmp_path / "README.md").read_text() == "<!-- generated:main -->\n<!-- /generated:main -->\n"
