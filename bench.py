@@ -60,8 +60,11 @@ MC = dict(questions=16, prompt_len=150, letters=4)
 MATMUL_N = 2048
 # Issue targets (issue 19): speed ratios ours / transformers (+ peft), the batch-1 decoding step against the
 # weight-streaming bound, batched decode against transformers' batch-1 rate, LoRA peak memory ours / peft (a ceiling).
+# The compiled rows carry the same targets, except the LoRA step's, which asks more of the compiled path.
 TARGETS = {"decode b1 step tok/s (vs bound)": 0.9, "decode b16 tok/s (vs HF b1)": 8.0, "LoRA step (speed-up)": 1.0,
-           "LoRA step compiled (speed-up)": 1.25, "LoRA peak RSS (ratio, max)": 0.7}
+           "LoRA peak RSS (ratio, max)": 0.7, "decode b1 step tok/s (vs bound) compiled": 0.9,
+           "decode b16 tok/s (vs HF b1) compiled": 8.0, "LoRA step compiled (speed-up)": 1.25,
+           "LoRA peak RSS (ratio, max) compiled": 0.7}
 
 
 def require_reference():

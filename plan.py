@@ -21,8 +21,9 @@ What a block keeps, for n = batch x seq_len tokens, s bytes per activation (the 
 - Layers below the lowest adapted layer keep nothing (no gradient reaches them); the lowest one's first RMSNorm keeps
   nothing either (its input needs no gradient). `lowest_adapted_layer` defaults to 0, the worst case.
 - The loss (model.sequence_nll): the final norm, the hidden states at the target positions (here: every position),
-  and the targets. Logits are formed NLL_CHUNK positions at a time and recomputed in backward: a transient
-  workspace of one chunk's logits, not an activation.
+  and the targets. Logits are formed NLL_CHUNK positions at a time, once (model.ChunkNLL): a transient workspace
+  of one chunk's logits, not an activation; each chunk keeps its gradient with respect to the hidden states instead,
+  the size of the hidden states it replaces.
 With activation checkpointing (model.activation_checkpointing), torch's checkpoint keeps the input of every block
 a gradient passes through and recomputes one block at a time in backward, so the peak adds one adapted block's
 activations. Approximations: every position is counted as a loss target (an upper bound), and the lowest adapted

@@ -97,7 +97,7 @@ def ablation(run_dir: Path) -> str:
 
 def bench(path: Path) -> str:
     """bench.py's table from its JSON, with the settings and versions it ran with."""
-    from bench import format_table
+    from bench import format_table, summarize
 
     data = read_json(path, "run python bench.py again", what="a bench.py result")
     settings, versions = data["settings"], data["versions"]
@@ -113,7 +113,7 @@ def bench(path: Path) -> str:
     compiled = data.get("compile_s") or {}
     tail = ("Compilation, seconds, excluded from the rates: "
             + ", ".join(f"{k} {v:.0f}" for k, v in compiled.items()) + ".") if compiled else ""
-    return "\n\n".join(x for x in (head, format_table(data["rows"]), tail) if x)
+    return "\n\n".join(x for x in (head, format_table(summarize(data)), tail) if x)
 
 
 def plan(_) -> str:
