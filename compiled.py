@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from files import UserError
 from lora import LoRALinear, keep_mask
 from model import Transformer
 
@@ -38,11 +39,30 @@ COMPILE_HELP = ("torch.compile each block and the decoding step (compiled.py). O
 RECOMPILE_LIMIT = 64
 
 
+def check_toolchain(device: torch.device) -> None:
+    """Inductor writes C++ kernels on a CPU and Triton kernels on a GPU: without the compiler, say so in one line now
+    rather than in a traceback at the first step."""
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise UserError("--compile on CUDA needs Triton (pip install triton); or run without --compile")
+        return
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as e:  # InvalidCxxCompiler
+        raise UserError(f"--compile on the CPU needs a C++ compiler ({e}); install g++ or set CXX, "
+                        f"or run without --compile") from None
+
+
 def compile_model(model: Transformer) -> Transformer:
     """Compile `model` in place (see the module docstring) and return it; a second call changes nothing. Adapters
     attached later are picked up: dynamo's guards see the new modules and compile their blocks again."""
     if getattr(model, "decode_step", None) is not None:
         return model
+    check_toolchain(model.embed_tokens.weight.device)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for block in model.layers:
         block.forward = torch.compile(block.forward)

@@ -30,7 +30,7 @@ import dist
 import report
 from answers import compare_math, compare_number, extract_boxed, extract_number, math_equal  # noqa: F401 (SPEC 5)
 from cli import Parser, add_options, comma_list, from_args, option, run
-from compiled import COMPILE_HELP, compile_line, compile_model
+from compiled import COMPILE_HELP, check_toolchain, compile_line, compile_model
 from data import BenchmarkUnavailable, extracted, load_benchmark
 from files import (CACHE_DIR, RUNS_DIR, UserError, claim_output, json_line, locked, read_json, write_json,
                    write_jsonl)
@@ -401,6 +401,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--batch-size {args.batch_size}: give a positive number")
     opts = from_args(EvalOptions, args)
     opts.check_user_data()
+    if args.compile:
+        check_toolchain(torch.device(args.device))
     with dist.main_first():  # rank 0 prepares a missing default model and data; the others then find them
         model_dir = ensure_model(args.model)
         ensure_data(full=True)

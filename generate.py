@@ -2,7 +2,7 @@
 
 `model.generate` is this function. Rows leave the batch as they finish (a stop id, or the caller's stop check on the
 ids so far), so a long answer in one row does not make the finished rows keep computing. On a model prepared by
-`model.compile_model` the steps after the prefill run its compiled decoding step over a static KV cache instead:
+`compiled.compile_model` the steps after the prefill run its compiled decoding step over a static KV cache instead:
 the batch keeps its shape (a finished row stays, unread), so one compiled graph serves every step.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int = 64,
         raise ValueError("generate: every prompt needs at least one token")
     stop_set = set(model.config.eos_token_ids if stop_ids is None else stop_ids)
     device = model.embed_tokens.weight.device
-    decode_step = getattr(model, "decode_step", None)  # compiled (model.compile_model), or None: eager
+    decode_step = getattr(model, "decode_step", None)  # compiled (compiled.compile_model), or None: eager
     static = decode_step is not None
     B, P = len(prompts), max(len(p) for p in prompts)
     tokens = torch.zeros(B, P, dtype=torch.long)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import report
 from cli import Parser, add_options, comma_ints, from_args, option, run
-from compiled import COMPILE_HELP, compile_line, compile_model
+from compiled import COMPILE_HELP, check_toolchain, compile_line, compile_model
 from files import (CACHE_DIR, DEFAULT_MODEL_DIR, ROOT, RUNS_DIR, UserError, claim_output, model_fingerprint, read_json,
                    write_atomic, write_json)
 from garfa import apply_garfa
@@ -442,6 +442,8 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 scores alone (scoring is cheap next to training)
         return
+    if args.compile:
+        check_toolchain(torch.device(args.device))
     model_dir = ensure_model(args.model)
     options = options_from_args(args)
     t0 = time.time()

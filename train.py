@@ -29,7 +29,7 @@ from tqdm import tqdm
 import dist
 import report
 from cli import Parser, add_options, comma_ints, comma_list, from_args, option, run
-from compiled import COMPILE_HELP, compile_line, compile_model, compile_seconds
+from compiled import COMPILE_HELP, check_toolchain, compile_line, compile_model, compile_seconds
 from data import example_index, training_examples
 from evaluate import EvalOptions, baseline_dir, evaluate_model, shared_evaluation
 from files import (CACHE_DIR, CHECKPOINT, DEFAULT_MODEL_DIR, PREVIOUS_CHECKPOINT, RUNS_DIR, UserError, claim_output,
@@ -417,6 +417,8 @@ def build_job(args) -> Job:
     eval_batch_size = pick("eval_batch_size")
     if eval_batch_size < 1:
         raise UserError(f"--eval-batch-size {eval_batch_size}: give at least 1")
+    if args.compile and not args.plan:
+        check_toolchain(torch.device(args.device))
     if args.plan:  # config.json only
         model_dir = args.model or DEFAULT_MODEL_DIR
     else:

@@ -128,6 +128,20 @@ def test_evaluate_options_are_one_line_errors_before_any_work(case, tiny, tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.parametrize("name", ["train", "evaluate", "sensitivity"])
+def test_compile_without_a_cpp_compiler_is_one_line_before_any_work(name, tiny, tmp_path, capsys, no_work,
+                                                                     monkeypatch):
+    """The check comes before the model is loaded (no_work: Transformer.from_pretrained fails the test)."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "no-such-compiler++"))
+    out = tmp_path / "out"
+    argv = {"train": ["--arm", "sens-sens"], "evaluate": [], "sensitivity": []}[name]
+    line = one_line_error(capsys, __import__(name).main, argv + ["--compile", "--model", str(tiny), "--out", str(out)])
+    assert "--compile on the CPU needs a C++ compiler" in line and "run without --compile" in line, line
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("main, argv, expected", [
     ("sensitivity", ["--multiverse", "--calib-seeds", "x"], "argument --calib-seeds: invalid comma_ints value: 'x'"),
     ("readme", ["--curve"], "argument --curve: expected one argument"),

@@ -81,3 +81,15 @@ def test_compile_model_twice_changes_nothing(pair):
     forward, hooks = compiled.layers[0].forward, len(compiled.layers[0]._forward_pre_hooks)
     assert compile_model(compiled) is compiled
     assert compiled.layers[0].forward is forward and len(compiled.layers[0]._forward_pre_hooks) == hooks
+
+
+def test_a_missing_cpp_compiler_is_one_line_before_any_compilation(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    from files import UserError
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "no-such-compiler++"))
+    model = base_model()
+    with pytest.raises(UserError, match="--compile on the CPU needs a C\\+\\+ compiler .*install g\\+\\+ or set CXX"):
+        compile_model(model)
+    assert getattr(model, "decode_step", None) is None  # nothing was changed
