@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cli import Parser
 from compiled import compile_model, compile_seconds
 from evaluate import loglikelihoods
 from files import DEFAULT_MODEL_DIR, ROOT, write_atomic
@@ -510,7 +511,7 @@ def main(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=str, default=None, help=f"HF model directory (default: {DEFAULT_MODEL_DIR.name})")
     p.add_argument("--device", type=torch.device, default=torch.device("cpu"))
     p.add_argument("--dtype", choices=DTYPES, default=None,
@@ -541,6 +542,11 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.shape and args.dir is None:
         p.error("--shape needs --dir (where the random checkpoint is written or reused)")
+    for name in ("repeats", "lora_repeats", "lora_rounds", "new_tokens"):
+        if getattr(args, name) < 1 + (name == "new_tokens"):  # a decoding-step rate needs 2 tokens or more
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least {1 + (name == 'new_tokens')}")
+    if args.warmup < 0:
+        p.error(f"--warmup {args.warmup}: give 0 or more")
     real_shape = args.shape or args.load_child
     args.dtype = args.dtype or ("bf16" if real_shape else "fp32")
     args.prompt_len = args.prompt_len or (16 if real_shape else 128)

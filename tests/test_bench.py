@@ -64,3 +64,17 @@ def test_compiled_rows_compare_ours_compiled_with_eager_transformers():
     assert lora.endswith("| 4 | >= 1.25 | yes |")
     rss = next(line for line in table if line.startswith("| LoRA peak RSS (ratio, max) |"))
     assert rss.endswith("| 0.5 | <= 0.7 | yes |")
+
+
+def test_bench_options_that_would_time_nothing_are_one_line_errors():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for argv, expected in ((["--repeats", "0"], "--repeats 0: give at least 1"),
+                           (["--lora-rounds", "0"], "--lora-rounds 0: give at least 1"),
+                           (["--new-tokens", "1"], "--new-tokens 1: give at least 2")):
+        done = subprocess.run([sys.executable, "bench.py", *argv], cwd=root, capture_output=True, text=True)
+        assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+            f"error: {expected} (python bench.py --help lists every option)"], done.stderr
