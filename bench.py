@@ -205,8 +205,9 @@ def bench_decode(models: dict, args, batch: int) -> dict:
 
     def call(name, model, n):
         if name == "hf":
-            kwargs = dict(do_sample=False, max_new_tokens=n, min_new_tokens=n, temperature=None, top_p=None, top_k=None,
-                          pad_token_id=model.config.pad_token_id, attention_mask=torch.ones_like(prompts).to(args.device))
+            kwargs = dict(do_sample=False, max_new_tokens=n, min_new_tokens=n, temperature=None, top_p=None,
+                          top_k=None, pad_token_id=model.config.pad_token_id,
+                          attention_mask=torch.ones_like(prompts).to(args.device))
             return lambda: model.generate(prompts.to(args.device), **kwargs)
         return lambda: generate(model, prompts.tolist(), max_new_tokens=n, stop_ids=[])
 
@@ -296,7 +297,6 @@ def bench_lora(args, sides: list[str]) -> dict:
             o = out[side]
             o["times"] += r["times"]
             o.setdefault("compile_s", r["compile_s"])  # the first round's: later rounds hit inductor's disk cache
-            o.setdefault("rss_loaded", r["rss_loaded"])
             if r["rss_peak"] > o["rss_peak"]:
                 o.update(rss_peak=r["rss_peak"], rss_loaded=r["rss_loaded"])
     return out
@@ -537,7 +537,8 @@ def parse_args(argv=None):
     p.add_argument("--memory-limit-gb", type=float, default=None,
                    help="with --shape: cap each side's private memory (RLIMIT_DATA); beyond it the side reports an "
                         "error instead of waking the OOM killer")
-    p.add_argument("--lora-child", choices=("ours", "compiled", "hf"), help=argparse.SUPPRESS)  # internal: one side's LoRA step
+    p.add_argument("--lora-child", choices=("ours", "compiled", "hf"),
+                   help=argparse.SUPPRESS)  # internal: one side's LoRA step
     p.add_argument("--load-child", choices=("ours", "hf"), help=argparse.SUPPRESS)  # internal: one side's load
     args = p.parse_args(argv)
     if args.shape and args.dir is None:

@@ -21,13 +21,13 @@ from model import Transformer
 
 
 def draw_dropout_masks(block: torch.nn.Module, args: tuple) -> None:
-    """Forward pre-hook: each training LoRALinear of the block gets its mask for this call (None outside training)."""
+    """Forward pre-hook: each LoRALinear of the block that drops (LoRALinear.drops) gets its mask for this call,
+    the others None, so no mask is ever drawn inside a compiled graph."""
     x = args[0]  # (B, T, D): every target's input has the same batch and positions
     for module in block.modules():
         if isinstance(module, LoRALinear):
-            drawn = module.training and module.dropout > 0 and torch.is_grad_enabled()
             module.keep = keep_mask((*x.shape[:-1], module.in_features), module.dropout, module.dropout_rows,
-                                    x.device) if drawn else None
+                                    x.device) if module.drops else None
 
 
 COMPILE_HELP = ("torch.compile each block and the decoding step (compiled.py). Off by default: on a 2-core CPU the "

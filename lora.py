@@ -75,8 +75,8 @@ def target_module(model: Transformer, layer: int, target: str) -> nn.Module:
 # The module
 
 def keep_mask(shape: tuple[int, ...], p: float, rows: list[tuple[int, int]] | None, device=None) -> torch.Tensor:
-    """Which elements of an input of `shape` (B, T, in) dropout keeps. rows None: drawn from the global RNG, like nn.Dropout. Else one
-    (seed, length) per batch row: row i's first `length` positions come from its own generator, so a row's masks do
+    """Which elements of an input of `shape` (B, T, in) dropout keeps. rows None: drawn from the global RNG, like
+    nn.Dropout. Else one (seed, length) per batch row: row i's first `length` positions come from its own generator, so a row's masks do
     not depend on which rows share its batch, how far the batch is padded, or how many processes train (dist.py)."""
     if rows is None:
         return torch.rand(shape, device=device) >= p
@@ -136,6 +136,11 @@ class LoRALinear(nn.Module):
         self.merged = False  # True while (alpha / r) B A is folded into `weight` (merge_lora)
         self.train(base.training)  # a new module starts in training mode: dropout would act inside an eval() model
 
+    @property
+    def drops(self) -> bool:
+        """Whether the next forward applies dropout to the adapter's input (training, p > 0, not merged)."""
+        return self.training and self.dropout > 0 and not self.merged
+
     def delta_weight(self) -> torch.Tensor:
         return self.scaling * (self.lora_B @ self.lora_A)  # (out, in), float32
 
@@ -143,8 +148,9 @@ class LoRALinear(nn.Module):
         y = F.linear(x, self.weight, self.bias)
         if self.merged:
             return y
-        if self.training and self.dropout > 0:
-            keep = self.keep if self.keep is not None else keep_mask(x.shape, self.dropout, self.dropout_rows, x.device)
+        if self.drops:
+            keep = self.keep if self.keep is not None else keep_mask(x.shape, self.dropout, self.dropout_rows,
+                                                                       x.device)
             a = DroppedDown.apply(x, self.lora_A, keep, 1 / (1 - self.dropout))
         else:
             a = F.linear(x.to(self.lora_A.dtype), self.lora_A)  # (..., r)

@@ -97,12 +97,12 @@ def ablation(run_dir: Path) -> str:
 
 def bench(path: Path) -> str:
     """bench.py's table from its JSON, with the settings and versions it ran with."""
-    from bench import format_table, summarize
+    from bench import format_table, median, summarize
 
     data = read_json(path, "run python bench.py again", what="a bench.py result")
     settings, versions = data["settings"], data["versions"]
     command = "python bench.py" + (" --compile" if settings.get("compile") == "True" else "")
-    bound = 1 / sorted(data["weight_stream_s"])[len(data["weight_stream_s"]) // 2]
+    bound = 1 / median(data["weight_stream_s"])
     head = (f"`{command}` ({data['wall_s'] / 60:.0f} min): {settings['device']} ({data['device_name']}), "
             f"{settings['dtype']}, {data['threads']} threads; torch {versions['torch']}, transformers "
             f"{versions['transformers']}, peft {versions['peft']}. Matmul peak {data['matmul_peak_flops'] / 1e9:.0f} "

@@ -9,7 +9,8 @@ from conftest import (LLAMA3_SCALING, TOL, adamw_losses, reference, base_model, 
                       logits, save_checkpoint, tiny_hf_config)
 from garfa import GARFA_FILE, apply_garfa, garfa_layers
 from lora import (DEFAULT_TARGETS, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, TARGETS, DroppedDown, LoRALinear, apply_lora,
-                  count_trainable, keep_mask, load_adapter, lora_layers, lora_modules, merge_lora, save_adapter, unmerge_lora)
+                  count_trainable, keep_mask, load_adapter, lora_layers, lora_modules, merge_lora, save_adapter,
+                  unmerge_lora)
 
 
 def randomize_lora_(model, seed=0, std=0.1):
