@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from files import DATA_DIR, UserError, read_jsonl
+from support.files import DATA_DIR, UserError, read_jsonl
 from prepare import ensure_data
-from tasks import BENCHMARKS, OFFLINE_BENCHMARKS, SOURCES, gsm_number, train_example, uses_chat
+from support.tasks import BENCHMARKS, OFFLINE_BENCHMARKS, SOURCES, gsm_number, train_example, uses_chat
 
 MGSM_EN_SIZE = 250  # MGSM's English problems are GSM8K test 0-249; the rest of GSM8K test is training data
 GPQA_SHUFFLE_SEED = 0

@@ -26,20 +26,22 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import dist
-import report
-from answers import compare_math, compare_number, extract_boxed, extract_number, math_equal  # noqa: F401 (SPEC 5)
-from cli import Parser, add_options, comma_list, from_args, option, run
-from compiled import COMPILE_HELP, check_toolchain, compile_line, compile_model
+from support import dist
+from support import report
+from support.answers import compare_math, compare_number, extract_boxed, extract_number, math_equal  # noqa: F401 (SPEC 5)
+from support.cli import Parser, add_model_options, add_options, comma_list, from_args, option, resolve_dtype, run
 from data import BenchmarkUnavailable, extracted, load_benchmark
-from files import (CACHE_DIR, RUNS_DIR, UserError, claim_output, json_line, locked, read_json, write_json,
+from support.files import (CACHE_DIR, RUNS_DIR, UserError, claim_output, json_line, locked, read_json, write_json,
                    write_jsonl)
 from lora import load_adapter
-from model import Tokenizer, Transformer, default_device, generate, resolve_dtype, right_pad, sequence_nll
+from model import Transformer, sequence_nll
+from support.tokenizer import Tokenizer
+from support.generate import generate
+from support.batching import right_pad
 from prepare import ensure_data, ensure_model
-from sandbox import SANDBOX_WORKERS, check_program, run_program  # noqa: F401 (SPEC 5: importable from here)
-from stats import mean_interval, wilson_interval
-from tasks import (BENCHMARKS, CHAT_MODES, CODE_FORMATS, FAMILIES, LETTERS, MC_FORMATS, STAND_INS, TASKS,
+from support.sandbox import SANDBOX_WORKERS, check_program, run_program  # noqa: F401 (SPEC 5: importable from here)
+from support.stats import mean_interval, wilson_interval
+from support.tasks import (BENCHMARKS, CHAT_MODES, CODE_FORMATS, FAMILIES, LETTERS, MC_FORMATS, STAND_INS, TASKS,
                    code_chat_prompt, encode_prompt, extract_code, format_prompt, gold_text, mc_request, uses_chat)
 
 METRICS = ("acc", "bpb")
@@ -372,16 +374,12 @@ def shared_evaluation(model, tok: Tokenizer, opts: EvalOptions, fingerprint: str
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=None, help="HF model directory (default: the prepared default)")
+    add_model_options(p, "HF model directory (default: the prepared default, prepared on first use)")
     p.add_argument("--adapter", type=Path, default=None, help="adapter directory written by train.py")
     p.add_argument("--out", type=Path, default=None,
                    help="new or empty output directory (default: runs/eval-<model>[-<adapter path>])")
     p.add_argument("--seed", type=int, default=0, help="which items a --limit draws")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default=default_device())
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                   help="model weights (default: bfloat16 on CUDA, float32 elsewhere)")
-    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     add_options(p.add_argument_group("evaluation (METHOD.md 6)"), EvalOptions)
     return p
 
@@ -402,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     opts = from_args(EvalOptions, args)
     opts.check_user_data()
     if args.compile:
+        from tools.compiled import check_toolchain, compile_line, compile_model
+
         check_toolchain(torch.device(args.device))
     with dist.main_first():  # rank 0 prepares a missing default model and data; the others then find them
         model_dir = ensure_model(args.model)

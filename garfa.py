@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from files import UserError
+from support.files import UserError
 from model import Transformer
 
 GARFA_FILE = "garfa.safetensors"

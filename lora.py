@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from garfa import GARFA_FILE, check_layers, freeze_base_weights, garfa_layers, garfa_state, load_garfa_state, read_garfa
-from files import UserError, read_json
+from support.files import UserError, read_json
 from model import Transformer
 
 # Each target linear of a Block and the submodule that holds it; short names drop "_proj" ("q" -> "q_proj").

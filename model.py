@@ -1,8 +1,9 @@
-"""A Llama 3.x decoder with grouped-query attention, from scratch, reading Hugging Face checkpoints.
+"""A Llama 3.x decoder with grouped-query attention, from scratch, reading Hugging Face checkpoints (METHOD 2).
 
-SPEC section 2. Parameter names mirror the HF checkpoint (`self_attn.q_proj`, `mlp.gate_proj`, ...), so loading
-is a plain name mapping and LoRA targets carry PEFT's names. The file reads top to bottom: config, RoPE math,
-modules, loading, the KV cache and greedy generation, and the tokenizer.
+Parameter names mirror the HF checkpoint (`self_attn.q_proj`, `mlp.gate_proj`, ...), so loading is a plain name
+mapping and LoRA targets carry PEFT's names. The file reads top to bottom: config, RoPE math, the attention mask,
+modules, streaming loading, and the completion-only NLL. It imports torch and safetensors only: decoding (with its
+KV cache), the tokenizer and the commands' plumbing are in support/.
 """
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from files import UserError, read_json
-
 SUPPORTED_MODEL_TYPES = ("llama",)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
+
+
+class CheckpointError(ValueError):
+    """A config.json or checkpoint that cannot be loaded; the message names the file and the fix. The commands print
+    it as one line, like every user mistake (`user_error`: support/cli.py reads it, so this file imports nothing)."""
+    user_error = True
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -61,28 +65,28 @@ class ModelConfig:
     def from_hf(cls, hf: dict, source: str = "config.json") -> "ModelConfig":
         def need(key):
             if key not in hf:
-                raise UserError(f"{source}: required key '{key}' is missing")
+                raise CheckpointError(f"{source}: required key '{key}' is missing")
             return hf[key]
 
         if hf.get("model_type") not in SUPPORTED_MODEL_TYPES:
-            raise UserError(f"{source}: model_type '{hf.get('model_type')}' is not supported "
+            raise CheckpointError(f"{source}: model_type '{hf.get('model_type')}' is not supported "
                             f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
         if hf.get("hidden_act", "silu") != "silu":
-            raise UserError(f"{source}: hidden_act '{hf['hidden_act']}' is not supported (Llama uses 'silu')")
+            raise CheckpointError(f"{source}: hidden_act '{hf['hidden_act']}' is not supported (Llama uses 'silu')")
         for key in ("attention_bias", "mlp_bias"):
             if hf.get(key, False):
-                raise UserError(f"{source}: '{key}: true' is not supported (Llama 3 has no biases)")
+                raise CheckpointError(f"{source}: '{key}: true' is not supported (Llama 3 has no biases)")
         n_heads = need("num_attention_heads")
         n_kv_heads = hf.get("num_key_value_heads") or n_heads
         if n_heads % n_kv_heads:
-            raise UserError(f"{source}: num_attention_heads {n_heads} is not a multiple of "
+            raise CheckpointError(f"{source}: num_attention_heads {n_heads} is not a multiple of "
                             f"num_key_value_heads {n_kv_heads}")
         # Published Llama 3.1 configs use top-level rope_theta + rope_scaling; transformers 5.x writes rope_parameters.
         rope = dict(hf.get("rope_parameters") or {})
         rope = {**(hf.get("rope_scaling") or {}), **rope}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in SUPPORTED_ROPE_TYPES:
-            raise UserError(f"{source}: rope type '{rope_type}' is not supported "
+            raise CheckpointError(f"{source}: rope type '{rope_type}' is not supported "
                             f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
         scaling = None
         if rope_type == "llama3":
@@ -91,7 +95,7 @@ class ModelConfig:
                                             float(rope["high_freq_factor"]),
                                             int(rope["original_max_position_embeddings"]))
             except KeyError as e:
-                raise UserError(f"{source}: llama3 rope scaling needs key {e}") from None
+                raise CheckpointError(f"{source}: llama3 rope scaling needs key {e}") from None
         eos = hf.get("eos_token_id")
         eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
         hidden = need("hidden_size")
@@ -107,20 +111,14 @@ class ModelConfig:
     def from_json(cls, path: str | Path) -> "ModelConfig":
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"{path} not found: a model directory needs a Hugging Face config.json")
-        hf = read_json(path, "fix it or download the model again", what="a Hugging Face config")
+            raise CheckpointError(f"{path} not found: a model directory needs a Hugging Face config.json")
+        try:
+            hf = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path} is not valid JSON ({e}); fix it or download the model again") from None
+        if not isinstance(hf, dict):
+            raise CheckpointError(f"{path} does not hold a Hugging Face config (a JSON object)")
         return cls.from_hf(hf, source=str(path))
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_dtype(name: str | None, device: str | torch.device) -> torch.dtype:
-    """The one dtype rule of every command: bfloat16 weights on CUDA, float32 elsewhere, unless named."""
-    if name is None:
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    return DTYPES[name]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,60 +183,6 @@ def attention_mask(start, T: int, key_mask: torch.Tensor | None, device=None,
 # ----------------------------------------------------------------------------------------------------------------
 # Modules
 
-class KVCache:
-    """Preallocated keys and values of every layer; `pos` counts the slots already filled.
-
-    Dynamic (the default): new keys are written at pos.. and a step attends over the filled slots, so the shapes grow
-    by one per token. Static (compiled decoding, as in gpt-fast): pos is a 0-d tensor, keys are written by index and
-    every step attends over all slots under a mask, so every step has the same shapes and one compiled graph serves
-    every length.
-    """
-
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device,
-                 static: bool = False):
-        # One tensor per layer, not views of one: a compiled step then updates each in place (a view's update is
-        # written back into its whole base tensor, every layer's, at every step).
-        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
-        self.static = static
-        self.pos = torch.zeros((), dtype=torch.long, device=device) if static else 0
-
-    @property
-    def n_keys(self) -> int | None:
-        """Key slots a step attends over: all of them when static, else those filled (None)."""
-        return self.k[0].shape[2] if self.static else None
-
-    def layer(self, i: int) -> "LayerCache":
-        return LayerCache(self, self.k[i], self.v[i])
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Drop every batch row not in `rows` (finished sequences stop costing compute)."""
-        self.k, self.v = [k[rows] for k in self.k], [v[rows] for v in self.v]
-
-
-class LayerCache:
-    """One layer's keys and values in a KVCache: what a block sees. (A block that indexed the whole cache by its layer
-    number would make a compiled block specialise on that number: one graph per layer instead of one for all.)"""
-
-    def __init__(self, cache: KVCache, k: torch.Tensor, v: torch.Tensor):
-        self.cache, self.k, self.v = cache, k, v  # (B, n_kv, max_len, hd), the cache's own tensors
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the new keys and values (B, n_kv, T, hd) at slots pos.. and return what a step attends over."""
-        pos, T = self.cache.pos, k.shape[2]
-        if self.cache.static:
-            slots = pos + torch.arange(T, device=k.device)  # (T,)
-            self.k.index_copy_(2, slots, k)
-            self.v.index_copy_(2, slots, v)
-            return self.k, self.v  # (B, n_kv, max_len, hd)
-        if pos + T > self.k.shape[2]:
-            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; writing up to {pos + T}")
-        self.k[:, :, pos:pos + T] = k
-        self.v[:, :, pos:pos + T] = v
-        return self.k[:, :, :pos + T], self.v[:, :, :pos + T]  # (B, n_kv, pos + T, hd)
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -251,7 +195,7 @@ class Attention(nn.Module):
         # plugs in here; None means this layer uses the rotation tables shared by all layers.
         self.rope_freqs: nn.Module | None = None
 
-    def forward(self, x, positions, inv_freq, shared_rope, mask=None, cache: LayerCache | None = None):
+    def forward(self, x, positions, inv_freq, shared_rope, mask=None, cache=None):
         cfg = self.cfg
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)  # (B, n_heads, T, hd)
@@ -342,12 +286,13 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
     def hidden_states(self, tokens: torch.Tensor, *, positions: torch.Tensor | None = None,
-                      cache: KVCache | None = None, key_mask: torch.Tensor | None = None,
+                      cache=None, key_mask: torch.Tensor | None = None,
                       output_hidden_states: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """tokens (B, T) -> final-normed states (B, T, D) and, if `output_hidden_states`, the L residual streams.
 
-        `cache` makes this a step of cached decoding (tokens go to slots cache.pos...); `key_mask` (B, cache.pos+T),
-        or (B, max_len) with a static cache, marks padding; `positions` (B, T) default to the slot index.
+        `cache` (support/generate.py's KVCache) makes this a step of cached decoding (tokens go to slots
+        cache.pos...); `key_mask` (B, cache.pos+T), or (B, max_len) with a static cache, marks padding; `positions`
+        (B, T) default to the slot index.
         """
         B, T = tokens.shape
         start = cache.pos if cache is not None else 0
@@ -371,7 +316,7 @@ class Transformer(nn.Module):
         return self.norm(x), blocks
 
     def forward(self, tokens: torch.Tensor, output_hidden_states: bool = False, *, last_only: bool = False,
-                positions: torch.Tensor | None = None, cache: KVCache | None = None,
+                positions: torch.Tensor | None = None, cache=None,
                 key_mask: torch.Tensor | None = None):
         """tokens (B, T) -> logits (B, T, vocab) [, the L residual streams (B, T, D) before the final norm].
 
@@ -381,10 +326,6 @@ class Transformer(nn.Module):
                                        output_hidden_states=output_hidden_states)
         logits = self.lm_head(x[:, -1:] if last_only else x)  # (B, T, vocab)
         return (logits, blocks) if output_hidden_states else logits
-
-    def new_cache(self, batch: int, max_len: int, static: bool = False) -> KVCache:
-        p = self.embed_tokens.weight
-        return KVCache(self.config, batch, max_len, p.dtype, p.device, static)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
@@ -411,13 +352,13 @@ class Transformer(nn.Module):
             if name == "lm_head.weight" and cfg.tie_word_embeddings:
                 continue  # some tied checkpoints store a copy of the embedding; the model shares one tensor
             if name not in expected:
-                raise UserError(f"{file}: unexpected tensor '{hf_name}' for a {cfg.n_layers}-layer Llama model")
+                raise CheckpointError(f"{file}: unexpected tensor '{hf_name}' for a {cfg.n_layers}-layer Llama model")
             if shape != expected[name]:
-                raise UserError(f"{file}: tensor '{hf_name}' has shape {shape}, config.json implies {expected[name]}")
+                raise CheckpointError(f"{file}: tensor '{hf_name}' has shape {shape}, config.json implies {expected[name]}")
             sources[name] = (file, hf_name)
         missing = sorted(set(expected) - set(sources))
         if missing:
-            raise UserError(f"{path}: checkpoint is missing {len(missing)} tensor(s), e.g. '{missing[0]}'; "
+            raise CheckpointError(f"{path}: checkpoint is missing {len(missing)} tensor(s), e.g. '{missing[0]}'; "
                             f"download the model again")
         state = {}
         for name, (file, hf_name) in sources.items():
@@ -443,18 +384,18 @@ def read_safetensors(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     elif (path / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
-        raise UserError(f"{path}: no model.safetensors or model.safetensors.index.json "
+        raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json "
                         f"(a Hugging Face model directory is expected; `python prepare.py` builds the default)")
     for file in files:
         if not (path / file).is_file():
-            raise UserError(f"{index}: names shard '{file}', which is not in {path}; download the model again")
+            raise CheckpointError(f"{index}: names shard '{file}', which is not in {path}; download the model again")
     out = {}
     for file in files:
         try:
             with safe_open(path / file, framework="pt") as f:
                 out.update({name: (str(path / file), tuple(f.get_slice(name).get_shape())) for name in f.keys()})
         except SafetensorError as e:
-            raise UserError(f"{path / file} is damaged ({e}); download the model again") from None
+            raise CheckpointError(f"{path / file} is damaged ({e}); download the model again") from None
     return out
 
 
@@ -462,14 +403,6 @@ def read_safetensors(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
 # Completion-only negative log-likelihood: the loss of training, of the RoPE-influence score and of cloze scoring.
 
 NLL_CHUNK = 512  # positions per chunk of vocabulary logits
-
-
-def right_pad(rows: list[list], pad=0, dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """(B, T) with `pad` after each row's end: under causal attention no real position ever reads the padding."""
-    out = torch.full((len(rows), max(map(len, rows))), pad, dtype=dtype)
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = torch.tensor(row, dtype=dtype)
-    return out
 
 
 def chunk_nll(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -523,6 +456,3 @@ def sequence_nll(model: Transformer, tokens: torch.Tensor, target_mask: torch.Te
     total = torch.zeros(B, dtype=torch.float32, device=tokens.device).index_add(0, rows, nll)
     return total, predict.sum(-1)
 
-
-from generate import generate  # noqa: E402,F401  (METHOD.md 8: `from model import generate` stays valid)
-from tokenizer import Tokenizer  # noqa: E402,F401  (METHOD.md 8: `from model import Tokenizer` stays valid)

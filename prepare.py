@@ -31,11 +31,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from cli import Parser, run
-from files import (DATA_DIR, DEFAULT_MODEL_DIR, WHEEL_DIR, UserError, damaged_files, file_record, locked, read_json,
+from support.cli import Parser, run
+from support.files import (DATA_DIR, DEFAULT_MODEL_DIR, WHEEL_DIR, UserError, damaged_files, file_record, locked, read_json,
                    sha256_of, write_json, write_jsonl)
 from model import ModelConfig
-from tasks import gsm_number, math_gold
+from support.tasks import gsm_number, math_gold
 
 
 class Wheel(NamedTuple):

@@ -30,17 +30,17 @@ import torch.nn.functional as F
 from scipy import stats
 from tqdm import tqdm
 
-import report
-from cli import Parser, add_options, comma_ints, from_args, option, run
-from compiled import COMPILE_HELP, check_toolchain, compile_line, compile_model
-from files import (CACHE_DIR, DEFAULT_MODEL_DIR, ROOT, RUNS_DIR, UserError, claim_output, model_fingerprint, read_json,
+from support import report
+from support.cli import Parser, add_model_options, add_options, comma_ints, from_args, option, resolve_dtype, run
+from support.files import (CACHE_DIR, DEFAULT_MODEL_DIR, ROOT, RUNS_DIR, UserError, claim_output, model_fingerprint, read_json,
                    write_atomic, write_json)
 from garfa import apply_garfa
-from model import Transformer, default_device, resolve_dtype, right_pad, rope_cos_sin, sequence_nll
+from model import Transformer, rope_cos_sin, sequence_nll
+from support.batching import right_pad
 from prepare import ensure_model
-from stats import partial_spearman, spearman_rows
-from tasks import CHAT_MODES, FAMILIES, LETTERS, SKILLS, SOURCE_SKILL, SOURCES, encode_prompt, uses_chat
-from tokenizer import Tokenizer
+from support.stats import partial_spearman, spearman_rows
+from support.tasks import CHAT_MODES, FAMILIES, LETTERS, SKILLS, SOURCE_SKILL, SOURCES, encode_prompt, uses_chat
+from support.tokenizer import Tokenizer
 
 SCORES_VERSION = "2"  # bump when a score's definition changes, so cached scores are recomputed
 CALIB_FILE = ROOT / "calibration_pairs.json"
@@ -421,19 +421,14 @@ def multiverse(model_dir: Path, model: Transformer, tok: Tokenizer, base: ScoreO
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=None,
-                   help=f"HF model directory (default: {DEFAULT_MODEL_DIR.name}, prepared on first use)")
+    add_model_options(p, f"HF model directory (default: {DEFAULT_MODEL_DIR.name}, prepared on first use)")
     p.add_argument("--out", type=Path, default=None,
                    help="output directory (default: runs/sensitivity-<model>, or runs/multiverse-<model>)")
-    p.add_argument("--device", default=default_device())
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                   help="model weights (default: bfloat16 on CUDA, float32 elsewhere)")
     p.add_argument("--multiverse", action="store_true", help="all 16 readings (--sens-pool x --sens-repr x "
                    "--sens-dist x --influence) on the shipped pairs and one --calib auto draw per --calib-seeds (those five "
                    "options are set by it)")
     p.add_argument("--calib-seeds", type=comma_ints, default="0,1,2,3,4",
                    help="--multiverse auto draws; \"\" for the shipped pairs only (default: %(default)s)")
-    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     add_score_args(p.add_argument_group("layer scoring (METHOD.md 4.1-4.4)"))
     return p
 
@@ -443,6 +438,8 @@ def main(argv=None) -> None:
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 scores alone (scoring is cheap next to training)
         return
     if args.compile:
+        from tools.compiled import check_toolchain, compile_line, compile_model
+
         check_toolchain(torch.device(args.device))
     model_dir = ensure_model(args.model)
     options = options_from_args(args)

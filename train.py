@@ -26,24 +26,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import dist
-import report
-from cli import Parser, add_options, comma_ints, comma_list, from_args, option, run
-from compiled import COMPILE_HELP, check_toolchain, compile_line, compile_model, compile_seconds
+from support import dist
+from support import report
+from support.cli import Parser, add_model_options, add_options, comma_ints, comma_list, from_args, option, resolve_dtype, run
 from data import example_index, training_examples
 from evaluate import EvalOptions, baseline_dir, evaluate_model, shared_evaluation
-from files import (CACHE_DIR, CHECKPOINT, DEFAULT_MODEL_DIR, PREVIOUS_CHECKPOINT, RUNS_DIR, UserError, claim_output,
+from support.files import (CACHE_DIR, CHECKPOINT, DEFAULT_MODEL_DIR, PREVIOUS_CHECKPOINT, RUNS_DIR, UserError, claim_output,
                    json_line, load_checkpoint, provenance, read_json, read_jsonl, save_checkpoint, write_atomic,
                    write_json)
 from garfa import apply_garfa, garfa_multipliers
 from lora import DEFAULT_TARGETS, TARGETS, apply_lora, save_adapter, set_dropout_rows, target_name
-from model import Tokenizer, Transformer, default_device, resolve_dtype, right_pad, sequence_nll
-from plan import phase_line, seconds_per_token
+from model import Transformer, sequence_nll
+from support.tokenizer import Tokenizer
+from support.batching import right_pad
 from prepare import ensure_data, ensure_model
 from sensitivity import (ScoreOptions, add_score_args, load_or_compute_scores, model_fingerprint, options_from_args,
                          scores_key)
-from stats import aggregate_seeds
-from tasks import CHAT_MODES
+from support.stats import aggregate_seeds
+from support.tasks import CHAT_MODES
 
 SIDES = ("sens", "rope", "all", "random", "none")
 PAPER_ARMS = ("sens-sens", "sens-rope", "rope-sens", "rope-rope")
@@ -302,6 +302,8 @@ def run_seed(arm: Arm, job: Job, seed: int, scores: dict, run_dir: Path, base: t
         if garfa_layers:
             apply_garfa(model, garfa_layers)
         if job.compile:
+            from tools.compiled import compile_model
+
             compile_model(model)
         log = train(model, examples, job.train, seed, tok.pad_id, run_dir, job.resume and not job.restart,
                     job.previous)
@@ -322,6 +324,8 @@ def run_seed(arm: Arm, job: Job, seed: int, scores: dict, run_dir: Path, base: t
                             "last_loss": log[-1]["loss"] if log else None, "seconds": round(time.time() - t0, 1),
                             **report.loss_ends(log)}}
     if job.compile:  # this process's compilation so far (scoring, the base evaluation and earlier arms included)
+        from tools.compiled import compile_seconds
+
         results["compile_s"] = round(compile_seconds(), 1)
     if dist.is_main():
         write_json(run_dir / "results.json", results)
@@ -369,8 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arm", required=True, type=arm_or_ablation,
                    help=f"LORA-GARFA with sides in {{{','.join(SIDES)}}}, 'base', or 'ablation' ({', '.join(PAPER_ARMS)}"
                         " + base)")
-    p.add_argument("--model", type=Path, default=None, help=f"HF model directory (default: {DEFAULT_MODEL_DIR.name}, "
-                                                             "prepared on first use)")
+    add_model_options(p, f"HF model directory (default: {DEFAULT_MODEL_DIR.name}, prepared on first use)")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<arm>-<model>)")
     p.add_argument("--preset", choices=PRESETS, default="default", help="run sizes (default: default)")
     p.add_argument("--seed", type=int, default=0, help="LoRA init, dropout, data order, --limit draw (default: 0)")
@@ -381,10 +384,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--previous-checkpoint", action="store_true",
                    help="with --resume: continue from checkpoint.prev.pt (when checkpoint.pt is damaged)")
     p.add_argument("--plan", action="store_true", help="print the memory and compute plan from config.json, exit")
-    p.add_argument("--device", default=default_device(), help="(default: cuda when available, else cpu)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                   help="model weights (default: bfloat16 on CUDA, float32 elsewhere)")
-    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.add_argument("--chat", choices=CHAT_MODES, default="auto",
                    help="chat template for the families that use it (math, gsm), in scoring, training and "
                         "evaluation alike (default: auto)")
@@ -418,6 +417,8 @@ def build_job(args) -> Job:
     if eval_batch_size < 1:
         raise UserError(f"--eval-batch-size {eval_batch_size}: give at least 1")
     if args.compile and not args.plan:
+        from tools.compiled import check_toolchain
+
         check_toolchain(torch.device(args.device))
     if args.plan:  # config.json only
         model_dir = args.model or DEFAULT_MODEL_DIR
@@ -433,7 +434,7 @@ def build_job(args) -> Job:
 
 
 def print_plan(job: Job, arm_text: str) -> None:
-    from plan import run_plan
+    from tools.plan import run_plan
 
     arms = [parse_arm(a) for a in PAPER_ARMS] if arm_text == "ablation" else [parse_arm(arm_text)]
     print(run_plan(job, [(a.name, a.lora, a.garfa) for a in arms]))
@@ -450,11 +451,12 @@ def main(argv=None) -> None:
     out = args.out or RUNS_DIR / f"{args.arm}-{job.model_dir.name}"
     with claim_output(out, run_config(args.arm, job), job.resume, RESUME_KEYS):
         model, tok = load_model(job)
-        print(phase_line(job, arms, out, seconds_per_token(model),
-                                (CACHE_DIR / f"scores-{scores_key(job.model_dir, model, job.scores)}.json").is_file(),
-                                (baseline_dir(model, job.eval, model_fingerprint(job.model_dir))
-                                 / "eval_results.json").is_file()))
-        if job.compile:  # after the phase line, which times one eager forward
+        scores_cached = (CACHE_DIR / f"scores-{scores_key(job.model_dir, model, job.scores)}.json").is_file()
+        base_cached = (baseline_dir(model, job.eval, model_fingerprint(job.model_dir)) / "eval_results.json").is_file()
+        print(report.phase_line(job, arms, out, scores_cached, base_cached))
+        if job.compile:
+            from tools.compiled import compile_line, compile_model
+
             compile_model(model)
         with dist.main_first():  # scored once, by rank 0; the other ranks read its cached result
             scores = load_or_compute_scores(job.model_dir, model, tok, job.scores,

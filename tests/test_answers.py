@@ -9,8 +9,8 @@ from fractions import Fraction
 
 import pytest
 
-import answers
-from answers import (compare_math, compare_number, extract_boxed, extract_number, math_equal, number_equal,
+from support import answers
+from support.answers import (compare_math, compare_number, extract_boxed, extract_number, math_equal, number_equal,
                      with_time_limit)
 from data import load_benchmark
 

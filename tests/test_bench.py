@@ -1,7 +1,7 @@
 """bench.py's pure logic: the model-FLOPs formula behind the MFU column."""
 from conftest import tiny_hf_config, tiny_model
 
-from bench import prefill_flops
+from tools.bench import prefill_flops
 from model import ModelConfig
 
 
@@ -35,7 +35,7 @@ def synthetic_results(compiled: bool = False) -> dict:
 
 
 def test_summarize_turns_times_into_rates_ratios_and_ranges():
-    from bench import summarize
+    from tools.bench import summarize
 
     rows = {r["metric"]: r for r in summarize(synthetic_results())}
     prefill = rows["prefill 1x512 tok/s"]
@@ -52,7 +52,7 @@ def test_summarize_turns_times_into_rates_ratios_and_ranges():
 
 
 def test_compiled_rows_compare_ours_compiled_with_eager_transformers():
-    from bench import format_table, summarize
+    from tools.bench import format_table, summarize
 
     rows = summarize(synthetic_results(compiled=True))
     by_name = {r["metric"]: r for r in rows}
@@ -75,6 +75,6 @@ def test_bench_options_that_would_time_nothing_are_one_line_errors():
     for argv, expected in ((["--repeats", "0"], "--repeats 0: give at least 1"),
                            (["--lora-rounds", "0"], "--lora-rounds 0: give at least 1"),
                            (["--new-tokens", "1"], "--new-tokens 1: give at least 2")):
-        done = subprocess.run([sys.executable, "bench.py", *argv], cwd=root, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "tools.bench", *argv], cwd=root, capture_output=True, text=True)
         assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-            f"error: {expected} (python bench.py --help lists every option)"], done.stderr
+            f"error: {expected} (python -m tools.bench --help lists every option)"], done.stderr

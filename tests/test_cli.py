@@ -4,6 +4,7 @@ overwrites what it did not make; a damaged download, extraction or checkpoint is
 Most checks call `cli.run(module.main, argv)` in-process; a subprocess is used where only a real process shows the
 property (the exit code without a traceback, a second process holding the lock, a real Ctrl-C).
 """
+import importlib
 import json
 import os
 import shutil
@@ -16,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli
+from support import cli
 import evaluate
 import prepare
 import train
 from conftest import LLAMA3_SCALING, WordTokenizer, tiny_model, tiny_model_dir
 from data import encode_example, load_benchmark
-from files import LOCK_FILE, UserError, claim_output, file_record, read_jsonl
+from support.files import LOCK_FILE, UserError, claim_output, file_record, read_jsonl
 from garfa import apply_garfa
 from lora import apply_lora, save_adapter
 
@@ -144,10 +145,10 @@ def test_compile_without_a_cpp_compiler_is_one_line_before_any_work(name, tiny, 
 
 @pytest.mark.parametrize("main, argv, expected", [
     ("sensitivity", ["--multiverse", "--calib-seeds", "x"], "argument --calib-seeds: invalid comma_ints value: 'x'"),
-    ("readme", ["--curve"], "argument --curve: expected one argument"),
+    ("tools.readme", ["--curve"], "argument --curve: expected one argument"),
 ])
 def test_the_other_commands_parse_mistakes_are_one_line_too(main, argv, expected, capsys):
-    module = __import__(main)
+    module = importlib.import_module(main)
     assert expected in one_line_error(capsys, module.main, argv)
 
 
@@ -319,7 +320,7 @@ def test_a_start_that_failed_after_claiming_out_does_not_block_the_next(tiny, tm
 HOLDER = """import sys
 sys.path.insert(0, sys.argv[2])
 from pathlib import Path
-from files import claim_output
+from support.files import claim_output
 with claim_output(Path(sys.argv[1]), {"arm": "sens-sens"}, False, ("arm",)):
     print("claimed", flush=True)
     sys.stdin.read()

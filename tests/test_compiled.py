@@ -9,10 +9,11 @@ import torch
 import torch._dynamo.eval_frame as eval_frame
 from conftest import base_model, batch
 
-from compiled import compile_model
+from tools.compiled import compile_model
 from garfa import apply_garfa
 from lora import apply_lora, lora_modules, set_dropout_rows
-from model import Transformer, generate, sequence_nll
+from model import Transformer, sequence_nll
+from support.generate import generate
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_compile_model_twice_changes_nothing(pair):
 def test_a_missing_cpp_compiler_is_one_line_before_any_compilation(monkeypatch):
     import torch._inductor.config as inductor_config
 
-    from files import UserError
+    from support.files import UserError
 
     monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "no-such-compiler++"))
     model = base_model()

@@ -5,9 +5,9 @@ import pytest
 
 import data
 import prepare
-from files import UserError
+from support.files import UserError
 from data import BenchmarkUnavailable, check_disjoint, load_benchmark, load_train, question_key, training_mixture
-from answers import extract_boxed
+from support.answers import extract_boxed
 
 COUNTS = {"mmlu": 14042, "arc_challenge": 1172, "math500": 500, "mgsm_en": 250, "humaneval": 164}
 TRAIN_COUNTS = {"math": 4500, "gsm8k": 1069, "mmlu": 285 + 1531, "arc_easy": 2376 + 570, "openbookqa": 500 + 500,

@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import dist  # noqa: E402
+from support import dist  # noqa: E402
 from conftest import tiny_model_dir  # noqa: E402
 from test_train import CFG, adapted_model, adapter_tensors, toy_examples  # noqa: E402
 
@@ -132,8 +132,8 @@ def test_two_processes_train_the_same_adapter_as_one_and_resume_with_any_number(
 
 
 def fail_worker() -> None:
-    from cli import run
-    from files import UserError
+    from support.cli import run
+    from support.files import UserError
 
     def main(argv):
         dist.init("cpu")
@@ -145,7 +145,7 @@ def fail_worker() -> None:
 
 
 def stuck_worker() -> None:
-    from cli import run
+    from support.cli import run
 
     def main(argv):
         dist.init("cpu")

@@ -14,9 +14,11 @@ from conftest import WordTokenizer, reference, tiny_model, tiny_model_dir
 from data import load_benchmark
 from evaluate import (EvalOptions, build_parser, check_program, default_out, evaluate_model, fixed_subset,
                       generate_until, loglikelihoods, score_bpb, score_mc)
-from files import UserError
-from model import Tokenizer, Transformer, generate
-from tasks import extract_code, mc_request
+from support.files import UserError
+from model import Transformer
+from support.tokenizer import Tokenizer
+from support.generate import generate
+from support.tasks import extract_code, mc_request
 
 
 def test_fixed_subset_is_the_same_items_in_every_run():

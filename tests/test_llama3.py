@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from conftest import LLAMA3_SCALING, TOL, tiny_hf_config
-from model import ModelConfig, Tokenizer, Transformer, generate, rope_inv_freq
+from model import ModelConfig, Transformer, rope_inv_freq
+from support.tokenizer import Tokenizer
+from support.generate import generate
 from prepare import ensure_wheel
-from random_checkpoint import (HUB_SHARD_BYTES, INDEX_FILE, LLAMA_3_1_8B, hf_tensor_shapes, is_complete,
+from tools.random_checkpoint import (HUB_SHARD_BYTES, INDEX_FILE, LLAMA_3_1_8B, hf_tensor_shapes, is_complete,
                                plan_shards, write_random_checkpoint)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +138,7 @@ PEAK_CHILD = r"""
 import json, sys
 import torch
 from model import ModelConfig, Transformer
-from random_checkpoint import write_random_checkpoint
+from tools.random_checkpoint import write_random_checkpoint
 
 def status(key):
     with open("/proc/self/status") as f:

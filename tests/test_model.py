@@ -4,11 +4,16 @@ import json
 import pytest
 import torch
 
-from files import UserError
+from model import CheckpointError
 
 from conftest import LLAMA3_SCALING, TOL, randomize_, reference, save_checkpoint, tiny_hf_config, tiny_model
-from model import (ModelConfig, SiluMul, Transformer, apply_rope, generate, llama3_scale, rope_cos_sin,
-                   rope_inv_freq)
+from model import ModelConfig, SiluMul, Transformer, apply_rope, llama3_scale, rope_cos_sin, rope_inv_freq
+from support.generate import KVCache, generate
+
+
+def new_cache(model, batch, max_len):
+    p = model.embed_tokens.weight
+    return KVCache(model.config, batch, max_len, p.dtype, p.device)
 
 # (name, config overrides, sequence length, shard size or None)
 PARITY_CASES = {
@@ -124,7 +129,7 @@ def test_kv_cache_matches_full_forward(adapters):
     tokens = torch.randint(0, 96, (2, 100), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full = model(tokens)
-        cache = model.new_cache(2, 100)
+        cache = new_cache(model, 2, 100)
         steps = [model(tokens[:, :80], cache=cache)]  # a prefill, then a multi-token chunk, then single tokens
         steps.append(model(tokens[:, 80:90], cache=cache))
         steps += [model(tokens[:, t:t + 1], cache=cache) for t in range(90, 100)]
@@ -144,7 +149,7 @@ def test_left_padded_batch_matches_single_sequences():
         tokens[i, 20 - len(s):], key_mask[i, 20 - len(s):] = s, True
     positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        batched = model(tokens, positions=positions, cache=model.new_cache(2, 20), key_mask=key_mask)
+        batched = model(tokens, positions=positions, cache=new_cache(model, 2, 20), key_mask=key_mask)
         for i, s in enumerate(seqs):
             alone = model(s[None])
             assert (batched[i, 20 - len(s):] - alone[0]).abs().max() < TOL
@@ -218,15 +223,15 @@ def test_bad_configs_are_named(checkpoint, change, message):
 
 def test_missing_files_are_named(checkpoint, tmp_path):
     path, hf = checkpoint
-    with pytest.raises(UserError, match="config.json"):
+    with pytest.raises(CheckpointError, match="config.json"):
         Transformer.from_pretrained(tmp_path / "nowhere")
     (path / "model.safetensors").rename(path / "model-00001-of-00002.safetensors")
-    with pytest.raises(UserError, match="no model.safetensors"):
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
         Transformer.from_pretrained(path)
     index = {"weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors",
                             "lm_head.weight": "model-00002-of-00002.safetensors"}}
     (path / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(UserError, match="names shard 'model-00002-of-00002.safetensors'"):
+    with pytest.raises(CheckpointError, match="names shard 'model-00002-of-00002.safetensors'"):
         Transformer.from_pretrained(path)
 
 
@@ -278,7 +283,7 @@ def test_sequence_nll_matches_full_cross_entropy(monkeypatch):
 def default_model():
     from conftest import default_model_dir
 
-    from model import Tokenizer
+    from support.tokenizer import Tokenizer
     path = default_model_dir()
     return path, Transformer.from_pretrained(path), Tokenizer.from_pretrained(path)
 

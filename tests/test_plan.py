@@ -7,8 +7,8 @@ from conftest import base_model, batch, completion_loss, tiny_hf_config
 from garfa import apply_garfa
 from lora import DEFAULT_TARGETS, apply_lora, count_trainable
 from model import ModelConfig, Transformer
-from plan import format_plan, measured_activation_bytes, plan
-from random_checkpoint import LLAMA_3_1_8B
+from tools.plan import format_plan, measured_activation_bytes, plan
+from tools.random_checkpoint import LLAMA_3_1_8B
 
 PAPER = dict(lora_layers=8, garfa_layers=8, r=16, targets=DEFAULT_TARGETS, batch_size=4, seq_len=1024, grad_accum=4,
              steps=1000, dtype=torch.bfloat16)  # train.py's "paper" preset on Llama 3.1 8B

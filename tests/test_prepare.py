@@ -20,7 +20,7 @@ from tokenizers import pre_tokenizers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import prepare  # noqa: E402
 from conftest import reference, tiny_hf_config  # noqa: E402
-from files import UserError  # noqa: E402
+from support.files import UserError  # noqa: E402
 
 
 # ---------------------------------------------------------------- q/k permutation

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-import readme
-from files import UserError
+from tools import readme
+from support.files import UserError
 
 TABLE = """| benchmark | base accuracy | arm accuracy | McNemar p | base bpb | arm bpb | bpb difference |
 |---|---|---|---|---|---|---|

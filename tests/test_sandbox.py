@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-import sandbox
+from support import sandbox
 
 WHY_NO_NAMESPACES = sandbox.namespaces_unavailable()
 needs_namespaces = pytest.mark.skipif(bool(WHY_NO_NAMESPACES), reason=f"no namespace isolation: {WHY_NO_NAMESPACES}")

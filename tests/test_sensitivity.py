@@ -11,9 +11,9 @@ from conftest import WordTokenizer, tiny_model, tiny_model_dir
 from scipy import stats
 
 import sensitivity as sens
-from files import UserError
+from support.files import UserError
 from sensitivity import EncodedPair, ScoreOptions
-from tasks import SKILLS, SOURCES
+from support.tasks import SKILLS, SOURCES
 
 
 def random_pairs(n=4, seed=0, prompt_len=24, ragged=False):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from conftest import reference
 
-from stats import mcnemar_exact, mean_interval, paired_difference, wilson_interval
+from support.stats import mcnemar_exact, mean_interval, paired_difference, wilson_interval
 
 
 def test_wilson_interval_against_scipy_and_a_known_value():

@@ -7,10 +7,10 @@ import torch
 
 from conftest import LLAMA3_SCALING, WordTokenizer, tiny_model, tiny_model_dir
 from data import encode_example, example_index
-from files import UserError
+from support.files import UserError
 from garfa import apply_garfa
 from lora import apply_lora
-from report import paired_tests
+from support.report import paired_tests
 from train import PAPER_ARMS, Arm, TrainOptions, lr_factor, parse_arm, resolve_layers, train
 
 SCORES = {"k": 2, "sens_layers": [2, 1], "rope_layers": [0, 1]}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from files import UserError
+from support.files import UserError
 from lora import LoRALinear, keep_mask
 from model import Transformer
 

@@ -45,14 +45,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cli import Parser
-from compiled import compile_model, compile_seconds
+from support.cli import Parser
+from tools.compiled import compile_model, compile_seconds
 from evaluate import loglikelihoods
-from files import DEFAULT_MODEL_DIR, ROOT, write_atomic
+from support.files import DEFAULT_MODEL_DIR, ROOT, write_atomic
 from lora import DEFAULT_TARGETS, apply_lora
-from model import ModelConfig, Transformer, generate, right_pad, sequence_nll
+from model import ModelConfig, Transformer, sequence_nll
+from support.generate import generate
+from support.batching import right_pad
 from prepare import ensure_model
-from random_checkpoint import SHAPES, is_complete, write_random_checkpoint
+from tools.random_checkpoint import SHAPES, is_complete, write_random_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PREFILL_SHAPES = ((1, 512), (8, 128))  # (batch, tokens)
@@ -289,7 +291,7 @@ def bench_lora(args, sides: list[str]) -> dict:
     out = {side: dict(times=[], rss_peak=0) for side in sides}
     for _ in range(args.lora_rounds):
         for side in sides:
-            cmd = [sys.executable, __file__, "--lora-child", side, "--model", str(args.model), "--device",
+            cmd = [sys.executable, "-m", "tools.bench", "--lora-child", side, "--model", str(args.model), "--device",
                    str(args.device), "--dtype", args.dtype, "--threads", str(args.threads), "--seed", str(args.seed),
                    "--lora-repeats", str(args.lora_repeats)]
             done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
@@ -353,7 +355,7 @@ def shape_bench(args):
     results = dict(shape=args.shape, checkpoint_bytes=size, settings={k: str(v) for k, v in vars(args).items()},
                    versions=dict(torch=torch.__version__, transformers=transformers.__version__), sides={})
     for side in ("ours", "hf"):
-        cmd = [sys.executable, __file__, "--load-child", side, "--model", str(args.dir), "--device", str(args.device),
+        cmd = [sys.executable, "-m", "tools.bench", "--load-child", side, "--model", str(args.dir), "--device", str(args.device),
                "--dtype", args.dtype, "--threads", str(args.threads), "--seed", str(args.seed),
                "--prompt-len", str(args.prompt_len)]
         if args.memory_limit_gb:

@@ -18,9 +18,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import dist
+from support import dist
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = ROOT / "checkpoints" / "SmolLM2-135M-Instruct"
 DATA_DIR = ROOT / "data"
 WHEEL_DIR = DATA_DIR / "wheels"  # every pinned wheel, kept so a rebuild needs no network

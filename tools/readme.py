@@ -16,9 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cli import Parser, run
-from files import ROOT, UserError, read_json, read_jsonl, write_atomic, write_json
-from report import loss_ends
+from support.cli import Parser, run
+from support.files import ROOT, UserError, read_json, read_jsonl, write_atomic, write_json
+from support.report import loss_ends
 
 README = ROOT / "README.md"
 FIGURES = ROOT / "docs"  # runs/ is not committed: the README's figures and full tables are copied here
@@ -97,7 +97,7 @@ def ablation(run_dir: Path) -> str:
 
 def bench(path: Path) -> str:
     """bench.py's table from its JSON, with the settings and versions it ran with."""
-    from bench import format_table, median, summarize
+    from tools.bench import format_table, median, summarize
 
     data = read_json(path, "run python bench.py again", what="a bench.py result")
     settings, versions = data["settings"], data["versions"]
@@ -118,7 +118,7 @@ def bench(path: Path) -> str:
 
 def plan(_) -> str:
     """train.py --plan on the published Llama 3.1 8B config (random_checkpoint.LLAMA_3_1_8B), as on a GPU (bf16)."""
-    from random_checkpoint import LLAMA_3_1_8B
+    from tools.random_checkpoint import LLAMA_3_1_8B
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "Llama-3.1-8B-Instruct"

@@ -12,6 +12,61 @@ from typing import Callable
 import torch
 
 
+class KVCache:
+    """Preallocated keys and values of every layer; `pos` counts the slots already filled.
+
+    Dynamic (the default): new keys are written at pos.. and a step attends over the filled slots, so the shapes grow
+    by one per token. Static (compiled decoding, as in gpt-fast): pos is a 0-d tensor, keys are written by index and
+    every step attends over all slots under a mask, so every step has the same shapes and one compiled graph serves
+    every length.
+    """
+
+    def __init__(self, cfg, batch: int, max_len: int, dtype: torch.dtype, device: torch.device,
+                 static: bool = False):
+        # One tensor per layer, not views of one: a compiled step then updates each in place (a view's update is
+        # written back into its whole base tensor, every layer's, at every step).
+        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+        self.static = static
+        self.pos = torch.zeros((), dtype=torch.long, device=device) if static else 0
+
+    @property
+    def n_keys(self) -> int | None:
+        """Key slots a step attends over: all of them when static, else those filled (None)."""
+        return self.k[0].shape[2] if self.static else None
+
+    def layer(self, i: int) -> "LayerCache":
+        return LayerCache(self, self.k[i], self.v[i])
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Drop every batch row not in `rows` (finished sequences stop costing compute)."""
+        self.k, self.v = [k[rows] for k in self.k], [v[rows] for v in self.v]
+
+
+class LayerCache:
+    """One layer's keys and values in a KVCache: what a block sees. (A block that indexed the whole cache by its layer
+    number would make a compiled block specialise on that number: one graph per layer instead of one for all.)"""
+
+    def __init__(self, cache: KVCache, k: torch.Tensor, v: torch.Tensor):
+        self.cache, self.k, self.v = cache, k, v  # (B, n_kv, max_len, hd), the cache's own tensors
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new keys and values (B, n_kv, T, hd) at slots pos.. and return what a step attends over."""
+        pos, T = self.cache.pos, k.shape[2]
+        if self.cache.static:
+            slots = pos + torch.arange(T, device=k.device)  # (T,)
+            self.k.index_copy_(2, slots, k)
+            self.v.index_copy_(2, slots, v)
+            return self.k, self.v  # (B, n_kv, max_len, hd)
+        if pos + T > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; writing up to {pos + T}")
+        self.k[:, :, pos:pos + T] = k
+        self.v[:, :, pos:pos + T] = v
+        return self.k[:, :, :pos + T], self.v[:, :, :pos + T]  # (B, n_kv, pos + T, hd)
+
+
+
 @torch.inference_mode()
 def generate(model, prompts: list[list[int]], max_new_tokens: int = 64,
              stop_ids: list[int] | None = None, stop: Callable[[int, list[int]], bool] | None = None,
@@ -36,7 +91,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int = 64,
     tokens, key_mask = tokens.to(device), key_mask.to(device)
     positions = (key_mask[:, :P].long().cumsum(-1) - 1).clamp(min=0)  # (B, P): real tokens count from 0
     padded = any(len(p) < P for p in prompts)
-    cache = model.new_cache(B, P + max_new_tokens, static=static)
+    p = model.embed_tokens.weight
+    cache = KVCache(model.config, B, P + max_new_tokens, p.dtype, p.device, static)
     out = [[] for _ in range(B)]
     active = list(range(B))  # batch row j generates for prompt active[j]; None: finished (static batches only)
     for step in range(max_new_tokens):

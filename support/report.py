@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from files import read_jsonl, write_atomic, write_jsonl
-from stats import mcnemar_exact, paired_difference
-from tasks import STAND_INS
+from support.files import read_jsonl, write_atomic, write_jsonl
+from support.stats import mcnemar_exact, paired_difference
+from support.tasks import STAND_INS
 
 READING_KEYS = ("calib", "sens_pool", "sens_repr", "sens_dist", "influence")
 
@@ -483,3 +483,12 @@ def write_comparison(out_dir: Path, arm_results: dict[str, dict], tests: dict[st
                  f"{seeds} seed(s) per arm (per-item mean over seeds)", fontsize=10)
     ax.legend(fontsize=8)
     write_atomic(out_dir / "bpb_differences.png", png_bytes(fig))
+
+
+def phase_line(job, arms, out, scores_cached: bool, base_cached: bool) -> str:
+    """One line up front: the phases that will run, and which of them a cache already holds."""
+    n_train = (len(arms) - (arms[-1].name == "base")) * len(job.seeds)
+    phases = {"layer scoring": scores_cached, "base evaluation": base_cached,
+              f"training ({n_train} x {job.train.steps} steps)": False, f"evaluation ({n_train} run(s))": False}
+    text = " -> ".join(f"{name} (cached)" if cached else name for name, cached in phases.items())
+    return f"phases: {text} -> reports in {out}"

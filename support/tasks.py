@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from answers import extract_boxed
+from support.answers import extract_boxed
 
 LETTERS = "ABCDEFGHIJ"
 MC_FORMATS = ("letter", "cloze")

@@ -33,13 +33,11 @@ per side (its q and k need no gradient), so the estimate is high by 2 n (q + kv)
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import torch
 
 from lora import TARGETS, target_name
 from model import NLL_CHUNK, ModelConfig, Transformer
-from tasks import TASKS
 
 GIB = 2 ** 30
 GPU_SIZES_GB = (24, 40, 80)  # common cards: 24 GB (RTX 4090, A10G, L4), 40 and 80 GB (A100, H100)
@@ -233,35 +231,3 @@ def run_plan(job, arms: list[tuple[str, str, str]]) -> str:
             + format_plan(plan(cfg, lora_layers=width(lora), garfa_layers=width(garfa), r=t.r, targets=t.targets,
                                batch_size=t.batch_size, seq_len=t.seq_len, grad_accum=t.grad_accum, steps=t.steps,
                                dtype=job.dtype, activation_checkpointing=t.activation_checkpointing)))
-
-
-def seconds_per_token(model) -> float:
-    """One timed forward of 2 x 128 tokens: the unit of the phase line's rough estimates."""
-    tokens = torch.zeros(2, 128, dtype=torch.long, device=model.embed_tokens.weight.device)
-    with torch.inference_mode():
-        model(tokens[:, :8])  # warm-up
-        t0 = time.time()
-        model(tokens)
-    return (time.time() - t0) / tokens.numel()
-
-
-# Work per phase in forward-token equivalents (rough: with the base frozen, backward ~1x a forward, as in plan(); a
-# batched decode step ~6x a prefill token on CPU, from bench.py). Times one measured forward: the rough minutes.
-# (The cpu-ablation preset, 12 x 50 steps: 29 min of training measured, 33 min estimated with this factor.)
-PAIR_TOKENS, ITEM_TOKENS, DECODE_COST = 200 * 5, 300, 6
-
-
-def phase_line(job, arms, out, seconds_per_token: float, scores_cached: bool, base_cached: bool) -> str:
-    """One line up front: the phases that will run, with rough times from one measured forward of this model."""
-    t, e = job.train, job.eval
-    n_train = (len(arms) - (arms[-1].name == "base")) * len(job.seeds)
-    items = len(e.benchmarks) * (e.limit or 1000)
-    gen = sum(1 for b in e.benchmarks if TASKS[b] != "mc") * (e.limit or 500) * (e.max_new_tokens or 384)
-    one_eval = items * ITEM_TOKENS * len(e.metrics) + ("acc" in e.metrics) * gen * DECODE_COST
-    work = {"layer scoring": 0 if scores_cached else 15 * PAIR_TOKENS * (1 + 8 * (job.scores.influence == "fd")),
-            "base evaluation": 0 if base_cached else one_eval,
-            f"training ({n_train} x {t.steps} steps)": n_train * t.steps * t.grad_accum * t.batch_size * t.seq_len * 2,
-            f"evaluation ({n_train} run(s))": n_train * one_eval}
-    phases = " -> ".join(f"{name} ~{max(1, round(w * seconds_per_token / 60))} min" if w else f"{name} (cached)"
-                         for name, w in work.items())
-    return f"phases (rough, from one forward on this machine): {phases} -> reports in {out}"

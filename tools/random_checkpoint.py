@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from files import write_atomic
+from support.files import write_atomic
 from model import ModelConfig, Transformer
 
 # Llama 3.1 8B (Instruct) as its hub config.json states it; the Instruct model ends a turn at any of the three eos.

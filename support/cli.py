@@ -14,10 +14,13 @@ import sys
 import traceback
 from dataclasses import MISSING, field, fields
 
-import dist
-from files import UserError
+from support import dist
+from support.files import UserError
 
 DEBUG_ENV = "REPRO_DEBUG"
+DTYPES = ("float32", "bfloat16")
+COMPILE_HELP = ("torch.compile each block and the decoding step (tools/compiled.py). Off by default: on a 2-core CPU "
+                "the compilation takes minutes and the steps gain little (docs/engineering.md)")
 
 
 def option(default, help: str, choices=None, type=None, flag: str | None = None):
@@ -36,6 +39,53 @@ def comma_list(valid=None):
         return names
     parse.__name__ = "comma-separated list"
     return parse
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str | None, device):
+    """The one dtype rule of every command: bfloat16 weights on CUDA, float32 elsewhere, unless named."""
+    import torch
+
+    if name is None:
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def device_option(text: str) -> str:
+    """--device: a device this torch build has, checked before any model is loaded (argparse prints the message)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(
+                f"'{text}': this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu, or install a CUDA "
+                "build of torch on a machine with a GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"'{text}': only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"'{text}' is not supported; use cpu, cuda or cuda:N")
+    return text
+
+
+def add_model_options(parser, model_help: str) -> None:
+    """--model, --device, --dtype and --compile: the same four options on every command that loads a model."""
+    from pathlib import Path
+
+    parser.add_argument("--model", type=Path, default=None, help=model_help)
+    parser.add_argument("--device", type=device_option, default=default_device(),
+                        help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="weights' dtype (default: bfloat16 on CUDA, float32 elsewhere)")
+    parser.add_argument("--compile", action="store_true", help=COMPILE_HELP)
 
 
 def comma_ints(text: str) -> tuple[int, ...]:
@@ -67,8 +117,15 @@ def from_args(cls, args, **overrides):
 class Parser(argparse.ArgumentParser):
     """argparse whose mistakes are one line and exit code 2, like a UserError, not the whole usage text."""
 
+    def __init__(self, *args, **kwargs):
+        script = os.path.abspath(sys.argv[0])
+        if "prog" not in kwargs and os.path.basename(os.path.dirname(script)) == "tools":  # python -m tools.x
+            kwargs["prog"] = f"python -m tools.{os.path.splitext(os.path.basename(script))[0]}"
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
-        self.exit(2, f"error: {message} (python {self.prog} --help lists every option)\n")
+        command = self.prog if self.prog.startswith("python") else f"python {self.prog}"
+        self.exit(2, f"error: {message} ({command} --help lists every option)\n")
 
 
 RESUME_HINT = "Finished work is saved; run the same command with --resume to continue."
@@ -91,7 +148,12 @@ def run(main, argv=None, interrupted: str = RESUME_HINT) -> None:
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV) == "1"
     argv = [a for a in argv if a != "--debug"]
     try:
-        main(argv)
+        try:
+            main(argv)
+        except Exception as e:
+            if getattr(e, "user_error", False) and not isinstance(e, UserError):
+                raise UserError(str(e)) from e  # model.py's CheckpointError: a user mistake from a file that imports nothing of ours
+            raise
         dist.finish()
     except UserError as e:
         if debug:

@@ -9,7 +9,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from files import UserError
+from support.files import UserError
 
 
 class Tokenizer:
