@@ -7,18 +7,23 @@ text is also an evaluation question, then `check_disjoint` verifies it before an
 
 Item fields. Multiple choice: id, question, choices, answer (gold index). Math: id, question, solution, answer
 (content of the last \\boxed{} of the solution). Grade-school math: id, question, solution, answer (a number).
-HumanEval: id, task_id, prompt, canonical_solution, test, entry_point. Training items add source, family, prompt
-and completion (prompts in the evaluation formats of tasks.py).
+HumanEval: id, task_id, prompt, canonical_solution, test, entry_point. HumanEval+ (the user's EvalPlus file): id,
+task_id, prompt, canonical_solution, entry_point, base_input, plus_input (argument lists), atol. Training items add
+source, family, prompt and completion (prompts in the evaluation formats of tasks.py).
 """
 from __future__ import annotations
 
+import ast
 import csv
 import functools
+import gzip
+import json
 import random
 from pathlib import Path
 
 import numpy as np
 
+from support.answers import parse_number
 from support.files import DATA_DIR, UserError, read_jsonl
 from prepare import ensure_data
 from support.tasks import BENCHMARKS, OFFLINE_BENCHMARKS, SOURCES, gsm_number, train_example, uses_chat
@@ -29,6 +34,7 @@ GPQA_COLUMNS = ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect A
 DEFAULT_GPQA_CSV = DATA_DIR / "gpqa" / "gpqa_diamond.csv"
 DEFAULT_MGSM_DIR = DATA_DIR / "mgsm"
 TRAIN_SOURCES = tuple(SOURCES)
+HUMANEVAL_PLUS_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol")
 
 
 class BenchmarkUnavailable(Exception):
@@ -74,6 +80,10 @@ def load_gpqa(csv_path: str | Path | None = None) -> list[dict]:
     if not rows or missing:
         raise UserError(f"--gpqa-csv {path}: not a GPQA csv (missing columns {missing or list(GPQA_COLUMNS)}); "
                         f"pass the official file (e.g. gpqa_diamond.csv)")
+    empty = next(((i, c) for i, row in enumerate(rows) for c in GPQA_COLUMNS if not row[c].strip()), None)
+    if empty:
+        raise UserError(f"--gpqa-csv {path}: record {empty[0] + 1} has an empty {empty[1]!r}; pass the official file "
+                        f"(e.g. gpqa_diamond.csv)")
     items = []
     for i, row in enumerate(rows):
         item_id = row.get("Record ID") or f"gpqa/{i}"
@@ -96,18 +106,88 @@ def load_mgsm(mgsm_dir: str | Path | None = None) -> list[dict]:
     items = []
     for path in files:
         lang = path.stem.removeprefix("mgsm_")
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text (byte {e.start + 1}); pass the official MGSM files, which are "
+                            f"UTF-8") from None
+        for i, line in enumerate(lines):
             if line.strip():
                 if "\t" not in line:
                     raise UserError(f"{path}:{i + 1}: expected question<TAB>answer; pass the official MGSM files")
                 question, answer = line.rsplit("\t", 1)
+                if parse_number(gsm_number(answer)) is None:
+                    raise UserError(f"{path}:{i + 1}: the answer {answer.strip()!r} is not a number; MGSM answers "
+                                    f"are numbers (pass the official MGSM files)")
                 items.append(dict(id=f"mgsm_{lang}/{i}", question=question.strip(), answer=gsm_number(answer),
                                   lang=lang))
     return items
 
 
-def load_benchmark(name: str, gpqa_csv: str | Path | None = None, mgsm_dir: str | Path | None = None) -> list[dict]:
+def read_text_file(path: Path, flag: str) -> str:
+    """A user's text file, gzipped or not (told apart by gzip's magic bytes, not the name), as UTF-8."""
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise UserError(f"{flag} {path}: a damaged gzip file ({e}); download it again") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{flag} {path}: not UTF-8 text (byte {e.start + 1}); pass the file as published") from None
+
+
+def humaneval_plus_item(task: dict, where: str) -> dict:
+    """One HumanEval+ task checked: its fields and types, inputs as argument lists, and a canonical solution that
+    compiles and defines the entry point (its outputs are the expected ones, computed in the sandbox)."""
+    missing = [k for k in HUMANEVAL_PLUS_FIELDS if k not in task]
+    if missing:
+        raise UserError(f"{where}: no {', '.join(missing)}; pass EvalPlus's HumanEvalPlus.jsonl(.gz)")
+    for kind in ("base_input", "plus_input"):
+        if not isinstance(task[kind], list) or not all(isinstance(args, list) for args in task[kind]):
+            raise UserError(f"{where}: {kind} is not a list of argument lists; pass EvalPlus's HumanEvalPlus file")
+    if not isinstance(task["atol"], (int, float)) or isinstance(task["atol"], bool) or not task["atol"] >= 0:
+        raise UserError(f"{where}: atol {task['atol']!r} is not a tolerance >= 0; pass EvalPlus's HumanEvalPlus file")
+    try:
+        tree = ast.parse(task["prompt"] + task["canonical_solution"])
+    except SyntaxError as e:
+        raise UserError(f"{where}: the prompt and canonical solution do not compile ({e.msg}, line {e.lineno}); "
+                        f"pass EvalPlus's HumanEvalPlus file") from None
+    if not any(isinstance(n, ast.FunctionDef) and n.name == task["entry_point"] for n in tree.body):
+        raise UserError(f"{where}: the canonical solution defines no {task['entry_point']}(); pass EvalPlus's file")
+    return dict(id=task["task_id"], **{k: task[k] for k in HUMANEVAL_PLUS_FIELDS})
+
+
+def load_humaneval_plus(path: str | Path | None = None) -> list[dict]:
+    """EvalPlus's published HumanEvalPlus jsonl (gzipped or not): one task per line, checked as it is read."""
+    if path is None:
+        raise BenchmarkUnavailable("HumanEval+ is not obtainable offline; pass --humaneval-plus with EvalPlus's "
+                                   "HumanEvalPlus.jsonl.gz (humaneval is the offline stand-in)")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--humaneval-plus {path}: no such file; pass EvalPlus's HumanEvalPlus.jsonl.gz")
+    items = []
+    for i, line in enumerate(read_text_file(path, "--humaneval-plus").splitlines()):
+        if line.strip():
+            try:
+                task = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{i + 1}: not a JSON line ({e.msg}); pass EvalPlus's HumanEvalPlus "
+                                f"file") from None
+            if not isinstance(task, dict):
+                raise UserError(f"{path}:{i + 1}: not a JSON object; pass EvalPlus's HumanEvalPlus file")
+            items.append(humaneval_plus_item(task, f"{path}:{i + 1}"))
+    if not items:
+        raise UserError(f"--humaneval-plus {path}: holds no tasks; pass EvalPlus's HumanEvalPlus.jsonl.gz")
+    return items
+
+
+def load_benchmark(name: str, gpqa_csv: str | Path | None = None, mgsm_dir: str | Path | None = None,
+                   humaneval_plus: str | Path | None = None) -> list[dict]:
     """Evaluation items of one benchmark; raises BenchmarkUnavailable when its data is not here."""
+    if name == "humaneval_plus":
+        return load_humaneval_plus(humaneval_plus)
     if name == "gpqa":
         return load_gpqa(gpqa_csv)
     if name == "mgsm":
@@ -120,7 +200,7 @@ def load_benchmark(name: str, gpqa_csv: str | Path | None = None, mgsm_dir: str 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Training data (SPEC 3 "train"): raw items plus prompt/completion in the evaluation formats
+# Training data (METHOD.md 3, "training"): raw items plus prompt/completion in the evaluation formats
 
 def load_train(source: str) -> list[dict]:
     """One training source, each item with id, source, family, prompt, completion and its raw fields."""

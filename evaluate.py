@@ -8,8 +8,9 @@ Multiple choice ("Question: ...\\nA. ..\\nB. ..\\nAnswer:") is read from the nex
 length in characters (`--mc-format cloze`, OLMES' acc_per_char). Math and grade-school math are generated under the
 checkpoint's chat template when it has one (`--chat auto`) and checked by answers.py; HumanEval is a raw code
 completion (`--code-format completion`) or a chat request whose code block is extracted (`chat`), run in the
-sandbox (sandbox.py). `--metrics bpb` scores the gold answer's bits per byte after the same prompt: no
-generation, a continuous per-item measure that tells adapters apart where accuracy is at chance.
+sandbox (sandbox.py); HumanEval+ (`--humaneval-plus`, EvalPlus's file) runs every base and plus input against the
+canonical solution's outputs (tasks.code_program). `--metrics bpb` scores the gold answer's bits per byte after the
+same prompt: no generation, a continuous per-item measure that tells adapters apart where accuracy is at chance.
 Prompt formats and the chat rule live in tasks.py; intervals and paired tests in stats.py.
 """
 from __future__ import annotations
@@ -24,50 +25,60 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from support import dist
 from support import report
-from support.answers import compare_math, compare_number, extract_boxed, extract_number, math_equal  # noqa: F401 (SPEC 5)
+from support.answers import compare_math, compare_number, extract_boxed, extract_number, math_equal  # noqa: F401 (METHOD 8)
+# (answer checking and the sandbox stay importable from here: METHOD.md 8)
 from support.cli import Parser, add_model_options, add_options, comma_list, from_args, option, resolve_dtype, run
 from data import BenchmarkUnavailable, extracted, load_benchmark
-from support.files import (CACHE_DIR, RUNS_DIR, UserError, claim_output, json_line, locked, read_json, write_json,
-                   write_jsonl)
+from support.files import (CACHE_DIR, RUNS_DIR, UserError, claim_output, json_line, load_tensors, locked, read_json,
+                           repo_relative, write_json, write_jsonl)
 from lora import load_adapter
 from model import Transformer, sequence_nll
 from support.tokenizer import Tokenizer
 from support.generate import generate
-from support.batching import right_pad
+from support.batching import length_batches, map_batches, right_pad
 from prepare import ensure_data, ensure_model
-from support.sandbox import SANDBOX_WORKERS, check_program, run_program  # noqa: F401 (SPEC 5: importable from here)
+from support.sandbox import SANDBOX_WORKERS, check_program, run_program  # noqa: F401 (METHOD 8)
 from support.stats import mean_interval, wilson_interval
 from support.tasks import (BENCHMARKS, CHAT_MODES, CODE_FORMATS, FAMILIES, LETTERS, MC_FORMATS, STAND_INS, TASKS,
-                   code_chat_prompt, encode_prompt, extract_code, format_prompt, gold_text, mc_request, uses_chat)
+                   USER_DATA_BENCHMARKS, answer_complete, code_chat_prompt, code_program, encode_prompt, extract_code,
+                   format_prompt, gold_text, mc_request, plus_failure, uses_chat)
 
-METRICS = ("acc", "bpb")
+METRICS = ("acc", "bpb", "mc")  # mc: multiple-choice log-loss and cloze accuracy (6.2)
+PLUS_TIMEOUT_FACTOR = 6  # a HumanEval+ task's whole program (EvalPlus caps a task at 60 s; inputs have own limits)
 BPB_BATCH_TOKENS = 8192  # long golds (MATH solutions) go in smaller batches: less padding, a bar that keeps moving
 
 
 @dataclass(frozen=True)
 class EvalOptions:
     benchmarks: tuple[str, ...] = option(BENCHMARKS, "benchmarks to run", type=comma_list(BENCHMARKS))
-    limit: int | None = option(None, "items per benchmark: a fixed subset drawn with --seed (0 or none: all)", type=int)
+    limit: int | None = option(None, "items per benchmark: a fixed subset drawn with --seed (default: all)", type=int)
     shots: int = option(0, "MC examples from MMLU dev (0-5)")
     mc_format: str = option("letter", "multiple choice read from answer letters or answer texts", MC_FORMATS)
     chat: str = option("auto", "chat template where a family uses it (math, gsm) and the checkpoint has one",
                        CHAT_MODES)
     code_format: str = option("auto", "HumanEval as a raw completion, or a chat request for the whole function "
                               "(auto: chat when the checkpoint has a chat template)", CODE_FORMATS)
-    metrics: tuple[str, ...] = option(METRICS, "accuracy and/or gold bits per byte", type=comma_list(METRICS))
+    metrics: tuple[str, ...] = option(("acc", "bpb"), "accuracy, gold bits per byte, and/or (mc) multiple-choice "
+                                      "log-loss and cloze accuracy", type=comma_list(METRICS))
     max_new_tokens: int | None = option(None, "new tokens per answer (default: per family: math 512, gsm 320, "
                                               "code 384)", type=int)
-    timeout: float = option(10.0, "seconds per HumanEval program in the sandbox")
+    stop_at_answer: bool = option(False, "end a math / gsm answer once it has stated its answer in full (a closed "
+                                  "\\boxed{}, 'The answer is N.'): faster; graded differently only where a model "
+                                  "states a second answer")
+    timeout: float = option(10.0, f"seconds per HumanEval program in the sandbox (HumanEval+: {PLUS_TIMEOUT_FACTOR}x, "
+                                  "for all of a task's inputs)")
     gpqa_csv: str | None = option(None, "the official GPQA csv (not obtainable offline)", type=str)
     mgsm_dir: str | None = option(None, "the official MGSM tsv files, one per language", type=str)
+    humaneval_plus: str | None = option(None, "EvalPlus's HumanEvalPlus.jsonl(.gz): base and plus tests",
+                                        type=str)
     seed: int = 0  # the caller's --seed: which items a --limit draws
 
     def __post_init__(self):
-        checks = [(self.limit is None or self.limit >= 0, f"--limit {self.limit}: give a positive number of items"),
+        checks = [(self.limit is None or self.limit > 0,
+                   f"--limit {self.limit}: give a positive number of items (leave it out for every item)"),
                   (0 <= self.shots <= 5, f"--shots {self.shots}: MMLU dev has 5 examples per subject, give 0-5"),
                   (self.max_new_tokens is None or self.max_new_tokens > 0,
                    f"--max-new-tokens {self.max_new_tokens}: give a positive number"),
@@ -75,14 +86,16 @@ class EvalOptions:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
-        if self.limit == 0:
-            object.__setattr__(self, "limit", None)
+
+    def user_files(self) -> dict:
+        return dict(gpqa_csv=self.gpqa_csv, mgsm_dir=self.mgsm_dir, humaneval_plus=self.humaneval_plus)
 
     def check_user_data(self) -> None:
-        """Read the user's GPQA / MGSM files now, so a bad file stops the run before any expensive work."""
-        for name in set(self.benchmarks) & {"gpqa", "mgsm"}:
+        """Read the user's GPQA / MGSM / HumanEval+ files now (encoding, columns, golds), so a bad file stops the
+        run before any model is loaded."""
+        for name in (n for n in self.benchmarks if n in USER_DATA_BENCHMARKS):
             try:
-                load_benchmark(name, gpqa_csv=self.gpqa_csv, mgsm_dir=self.mgsm_dir)
+                load_benchmark(name, **self.user_files())
             except BenchmarkUnavailable:
                 pass  # no file given: reported as "not run"
 
@@ -116,28 +129,29 @@ def loglikelihoods(model: Transformer, requests: list[tuple[list[int], list[list
             rows.append((r, None, ctx))
         else:
             rows += [(r, j, ctx + c) for j, c in enumerate(conts)]
-    rows.sort(key=lambda row: -len(row[2]))  # similar lengths share a batch
-    batches = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
     device = model.embed_tokens.weight.device
-    scored = []  # per batch of this rank's share (dist.shard), per row: its log-prob(s)
-    for batch in tqdm(dist.shard(batches), desc=desc, leave=False, dynamic_ncols=True, disable=not dist.is_main()):
-        logits = model(right_pad([t for _, _, t in batch]).to(device))  # (B, T, vocab)
-        scored.append([])
-        for i, (r, j, t) in enumerate(batch):
+
+    def run(batch, bar):
+        logits = model(right_pad([rows[k][2] for k in batch]).to(device))  # (B, T, vocab)
+        values = []
+        for i, k in enumerate(batch):
+            r, j, t = rows[k]
             ctx, conts = requests[r]
             if j is None:
                 logp = logits[i, len(ctx) - 1].float().log_softmax(-1)  # (vocab,)
-                scored[-1].append([logp[c[0]].item() for c in conts])
+                values.append([logp[c[0]].item() for c in conts])
             else:
                 logp = logits[i, len(ctx) - 1:len(t) - 1].float().log_softmax(-1)  # (len(cont), vocab)
-                scored[-1].append(logp.gather(-1, torch.tensor(conts[j], device=device)[:, None]).sum().item())
+                values.append(logp.gather(-1, torch.tensor(conts[j], device=device)[:, None]).sum().item())
+        return values
+
+    scores = map_batches(length_batches([len(t) for _, _, t in rows], batch_size), run, len(rows), desc)
     out = [[0.0] * len(conts) for _, conts in requests]
-    for batch, values in zip(batches, dist.gather(scored)):
-        for (r, j, _), v in zip(batch, values):
-            if j is None:
-                out[r] = v
-            else:
-                out[r][j] = v
+    for (r, j, _), v in zip(rows, scores):
+        if j is None:
+            out[r] = v
+        else:
+            out[r][j] = v
     return out
 
 
@@ -169,29 +183,40 @@ def score_mc(model, tok: Tokenizer, items: list[dict], opts: EvalOptions, batch_
     return records
 
 
+def score_choices(model, tok: Tokenizer, items: list[dict], opts: EvalOptions, batch_size: int,
+                  desc: str = "") -> list[dict]:
+    """Per item, every answer text's log-prob after the cloze prompt: cloze_correct (the highest log-prob per
+    character, OLMES acc_per_char) and mc_logloss (-log of the gold's probability renormalised over the choices),
+    which carry information where letter accuracy is at chance."""
+    requests, chars = [], []
+    for x in items:
+        context, conts = mc_request(x, "cloze", mc_shots(x, opts.shots))
+        requests.append((tok.encode(context), [tok.encode(c, bos=False) for c in conts]))
+        chars.append([len(c) for c in conts])
+    records = []
+    for x, logp, n in zip(items, loglikelihoods(model, requests, batch_size, f"{desc} (choices)"), chars):
+        top, per_char = max(logp), [v / c for v, c in zip(logp, n)]
+        log_total = top + math.log(sum(math.exp(v - top) for v in logp))  # log sum_j p(choice j)
+        records.append(dict(choice_logprobs=logp, choice_chars=n, gold_choice=x["answer"],
+                            mc_logloss=log_total - logp[x["answer"]],
+                            cloze_correct=max(range(len(n)), key=per_char.__getitem__) == x["answer"]))
+    return records
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Generation: one cached greedy loop per batch, finished rows leave it
 
 def generate_until(model, tok: Tokenizer, prompts: list[list[int]], finished, max_new_tokens: int,
                    batch_size: int = 8, desc: str = "") -> list[str]:
     """Greedy continuations, each ending at EOS or once `finished(text so far)` holds (the caller cuts it)."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
-    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    mine = dist.shard(batches)  # the one-process batches, dealt out over the ranks
-    texts = []
-    bar = tqdm(total=sum(map(len, mine)), desc=desc, leave=False, dynamic_ncols=True, disable=not dist.is_main())
-    for batch in mine:
+    def run(batch, bar):
         new = generate(model, [prompts[i] for i in batch], max_new_tokens, tok.eos_ids,
                        stop=lambda i, ids: finished(tok.decode(ids)),
                        on_step=lambda active: bar.set_postfix(generating=active, refresh=True))
-        texts.append([tok.decode(ids) for ids in new])
-        bar.update(len(batch))
-    bar.close()
-    outputs = [""] * len(prompts)
-    for batch, decoded in zip(batches, dist.gather(texts)):
-        for i, text in zip(batch, decoded):
-            outputs[i] = text
-    return outputs
+        return [tok.decode(ids) for ids in new]
+
+    batches = length_batches([len(p) for p in prompts], batch_size, longest_first=False)
+    return map_batches(batches, run, len(prompts), desc)
 
 
 def chat_code(tok: Tokenizer, opts: EvalOptions) -> bool:
@@ -209,12 +234,15 @@ def generation_prompt(tok: Tokenizer, family: str, item: dict, opts: EvalOptions
 def grade(family: str, items: list[dict], outputs: list[str], opts: EvalOptions, code_chat: bool) -> list[dict]:
     """Per-item records for generated outputs: what was compared (or the sandbox's verdict) and correctness."""
     if family == "code":
-        programs = [(extract_code(out, x) if code_chat else f"{x['prompt']}{out}")
-                    + f"\n\n{x['test']}\ncheck({x['entry_point']})\n" for x, out in zip(items, outputs)]
+        programs = [code_program(x, extract_code(out, x) if code_chat else f"{x['prompt']}{out}")
+                    for x, out in zip(items, outputs)]
+        plus = [("plus_input" in x) for x in items]  # a HumanEval+ program runs every input of the task, twice
         with ThreadPoolExecutor(SANDBOX_WORKERS) as pool:
-            verdicts = list(pool.map(lambda p: run_program(p, opts.timeout), programs))
-        return [dict(id=x["id"], prediction=why, gold="passed", correct=ok, output=out)
-                for x, out, (ok, why) in zip(items, outputs, verdicts)]
+            verdicts = list(pool.map(lambda p, k: run_program(p, opts.timeout * (PLUS_TIMEOUT_FACTOR if k else 1)),
+                                     programs, plus))
+        return [dict(id=x["id"], prediction=why, gold="passed", correct=ok, output=out) |
+                (dict(base_passed=ok or plus_failure(why) == "plus") if k else {})
+                for x, out, (ok, why), k in zip(items, outputs, verdicts, plus)]
     records = []
     for x, out in zip(items, outputs):
         pred = extract_boxed(out) if family == "math" else extract_number(out)
@@ -247,27 +275,18 @@ def score_bpb(model, tok: Tokenizer, name: str, items: list[dict], opts: EvalOpt
               desc: str = "") -> list[dict]:
     """Per item: the gold completion's NLL (nats), its UTF-8 bytes, bpb = nll / (ln 2 * bytes), and the texts."""
     requests = [bpb_request(tok, name, x, opts) for x in items]
-    order = sorted(range(len(items)), key=lambda i: -len(requests[i][2]) - len(requests[i][3]))
-    batches = []  # longest first, at most batch_size rows and BPB_BATCH_TOKENS padded tokens (the first row sets T)
-    for i in order:
-        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * max(
-                len(requests[batches[-1][0]][2]) + len(requests[batches[-1][0]][3]), 1) <= BPB_BATCH_TOKENS:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
     device = model.embed_tokens.weight.device
-    totals = []  # per batch of this rank's share (dist.shard): each row's NLL
-    for batch in tqdm(dist.shard(batches), desc=f"{desc} (bpb)", leave=False, dynamic_ncols=True,
-                      disable=not dist.is_main()):
+
+    def run(batch, bar):
         tokens = right_pad([requests[i][2] + requests[i][3] for i in batch], tok.pad_id)
         mask = right_pad([[False] * len(requests[i][2]) + [True] * len(requests[i][3]) for i in batch], False,
                          torch.bool)
         total, _ = sequence_nll(model, tokens.to(device), mask.to(device))
-        totals.append(total.tolist())
-    nll = [0.0] * len(items)
-    for batch, values in zip(batches, dist.gather(totals)):
-        for i, v in zip(batch, values):
-            nll[i] = v
+        return total.tolist()
+
+    # longest first, at most batch_size rows and BPB_BATCH_TOKENS padded tokens
+    batches = length_batches([len(r[2]) + len(r[3]) for r in requests], batch_size, max_tokens=BPB_BATCH_TOKENS)
+    nll = map_batches(batches, run, len(items), f"{desc} (bpb)")
     out = []
     for x, (context, gold, _, _), v in zip(items, requests, nll):
         n_bytes = len(gold.encode("utf-8"))
@@ -292,6 +311,10 @@ def summarize(name: str, items: list[dict], records: list[dict], metrics: tuple[
             result["most_common_answer"] = {"letter": top, "share": letters.count(top) / max(1, n)}
     if "bpb" in metrics:
         result["bpb"] = mean_interval([r["bpb"] for r in records])
+    if "mc" in metrics and family == "mc":
+        k = sum(r["cloze_correct"] for r in records)
+        result["mc_logloss"] = mean_interval([r["mc_logloss"] for r in records])
+        result["cloze_accuracy"] = dict(accuracy=k / n if n else 0.0, ci95=list(wilson_interval(k, n)))
     if name in STAND_INS:
         result["note"] = STAND_INS[name]
     return result
@@ -310,7 +333,7 @@ def evaluate_benchmark(model, tok: Tokenizer, name: str, items: list[dict], opts
             stops = FAMILIES[family].stops
             # A chat answer is complete when its code block closes; a completion at the family's first stop string.
             finished = (lambda text: text.count("```") >= 2) if code_chat else \
-                (lambda text: any(s in text for s in stops))
+                (lambda text: any(s in text for s in stops) or (opts.stop_at_answer and answer_complete(family, text)))
             prompts = [generation_prompt(tok, family, x, opts) for x in items]
             outputs = generate_until(model, tok, prompts, finished,
                                      opts.max_new_tokens or FAMILIES[family].max_new_tokens, batch_size, desc=name)
@@ -319,6 +342,8 @@ def evaluate_benchmark(model, tok: Tokenizer, name: str, items: list[dict], opts
         records = [r | a for r, a in zip(records, acc)]
     if "bpb" in opts.metrics:
         records = [r | b for r, b in zip(records, score_bpb(model, tok, name, items, opts, batch_size, desc=name))]
+    if "mc" in opts.metrics and family == "mc":
+        records = [r | c for r, c in zip(records, score_choices(model, tok, items, opts, batch_size, desc=name))]
     return records
 
 
@@ -333,10 +358,9 @@ def evaluate_model(model, tok: Tokenizer, opts: EvalOptions, out_dir: str | Path
     results = {}
     for name in opts.benchmarks:
         try:
-            items = fixed_subset(load_benchmark(name, gpqa_csv=opts.gpqa_csv, mgsm_dir=opts.mgsm_dir), opts.limit,
-                                 opts.seed)
+            items = fixed_subset(load_benchmark(name, **opts.user_files()), opts.limit, opts.seed)
         except BenchmarkUnavailable as e:
-            results[name] = {"status": "not run", "why": str(e)}
+            results[name] = {"status": "not run", "why": repo_relative(str(e))}  # reports must not name this machine
             print(f"{name}: not run ({e})")
             continue
         t0 = time.time()
@@ -408,6 +432,8 @@ def main(argv: list[str] | None = None) -> None:
         ensure_data(full=True)
     if args.adapter is not None and not args.adapter.is_dir():
         raise UserError(f"--adapter {args.adapter}: no such directory (give the adapter/ folder of a train.py run)")
+    for path in sorted(args.adapter.glob("*.safetensors")) if args.adapter else ():
+        load_tensors(path, note=False)  # damaged or non-finite adapter tensors: one line now, not after the model loads
     out = args.out or default_out(model_dir, args.adapter)
     config = {"model": str(model_dir), "adapter": str(args.adapter) if args.adapter else None,
               "options": asdict(opts)}

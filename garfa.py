@@ -1,4 +1,4 @@
-"""GARFA: GQA-Aware RoPE Frequency Adaptation (SPEC section 4.6).
+"""GARFA: GQA-Aware RoPE Frequency Adaptation (METHOD 4.6).
 
 On each chosen layer, one learnable scalar per KV head g: `log_scale[g]`, initialised to 0. KV head g and the n_rep
 query heads that read it rotate with `inv_freq * exp(log_scale[g])`, where `inv_freq` already carries the Llama 3.1
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from support.files import UserError
+from support.files import UserError, load_tensors
 from model import Transformer
 
 GARFA_FILE = "garfa.safetensors"
@@ -79,13 +79,7 @@ def garfa_multipliers(model: Transformer) -> dict[int, list[float]]:
 
 def read_garfa(path: str | Path, model: Transformer) -> dict[int, torch.Tensor]:
     """Read and validate garfa.safetensors against `model` without touching it: layer -> log_scale."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state, out = load_file(str(path)), {}
-    except SafetensorError as e:
-        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
+    state, out = load_tensors(Path(path)), {}
     for key, value in state.items():
         parts = key.split(".")
         if len(parts) != 3 or parts[0] != "layers" or parts[2] != "log_scale" or not parts[1].isdigit():

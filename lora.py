@@ -1,4 +1,4 @@
-"""LS-LoRA: low-rank adapters on chosen layers only (SPEC section 4.5), saved in PEFT's on-disk format.
+"""LS-LoRA: low-rank adapters on chosen layers only (METHOD 4.5), saved in PEFT's on-disk format.
 
 Every target linear of a chosen layer computes `W x + (alpha / r) * B A dropout(x)` with A (r, in) Kaiming-uniform
 and B (out, r) zero, so an untrained adapter changes nothing; the base weights are frozen.
@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from garfa import GARFA_FILE, check_layers, freeze_base_weights, garfa_layers, garfa_state, load_garfa_state, read_garfa
-from support.files import UserError, read_json
+from support.files import UserError, load_tensors, read_json, save_tensors
 from model import Transformer
 
 # Each target linear of a Block and the submodule that holds it; short names drop "_proj" ("q" -> "q_proj").
@@ -222,7 +222,7 @@ def merge_lora(model: Transformer) -> list[int]:
     """Fold (alpha / r) B A into each base weight, for export or inference: the forward skips the LoRA branch.
 
     Exact up to float32 rounding (~1e-6) in a float32 model. In bf16 weights merge + unmerge loses ~2% of the
-    weight scale (STYLE.md): keep training state unmerged.
+    weight scale: keep training state unmerged.
     """
     modules = lora_modules(model)
     if any(m.merged for m in modules.values()):
@@ -268,9 +268,8 @@ def peft_config(model: Transformer, base_model_name_or_path: str | None = None) 
 
 
 def save_adapter(model: Transformer, out_dir: str | Path, base_model_name_or_path: str | None = None) -> Path:
-    """Write the PEFT files for LoRA and garfa.safetensors for GARFA (whichever is attached), all or nothing."""
-    from safetensors.torch import save_file
-
+    """Write the PEFT files for LoRA and garfa.safetensors for GARFA (whichever is attached), all or nothing; each
+    safetensors file carries the checksum of its tensors in its metadata (files.save_tensors)."""
     out_dir = Path(out_dir)
     config, garfa = peft_config(model, base_model_name_or_path), garfa_state(model)
     if config is None and not garfa:
@@ -288,9 +287,9 @@ def save_adapter(model: Transformer, out_dir: str | Path, base_model_name_or_pat
             (tmp / PEFT_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
             weights = {peft_key(layer, target, matrix): getattr(m, matrix).detach().cpu().contiguous()
                        for (layer, target), m in lora_modules(model).items() for matrix in ("lora_A", "lora_B")}
-            save_file(weights, str(tmp / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
+            save_tensors(weights, tmp / PEFT_WEIGHTS_FILE)
         if garfa:
-            save_file(garfa, str(tmp / GARFA_FILE), metadata={"format": "pt"})
+            save_tensors(garfa, tmp / GARFA_FILE)
         if out_dir.exists():
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)
@@ -302,9 +301,6 @@ def save_adapter(model: Transformer, out_dir: str | Path, base_model_name_or_pat
 
 def read_lora(adapter_dir: Path, model: Transformer) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read and validate the PEFT files against `model` without touching it: (hparams, PEFT key -> tensor)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     config_path, weights_path = adapter_dir / PEFT_CONFIG_FILE, adapter_dir / PEFT_WEIGHTS_FILE
     cfg = read_json(config_path, "fix it, or train the adapter again", what="a PEFT adapter config")
     if cfg.get("peft_type") != "LORA":
@@ -326,10 +322,7 @@ def read_lora(adapter_dir: Path, model: Transformer) -> tuple[dict, dict[str, to
         raise UserError(f"{config_path}: {e}") from None
     if not weights_path.is_file():
         raise UserError(f"{weights_path} not found (it goes with {PEFT_CONFIG_FILE}; only safetensors is read)")
-    try:
-        weights = load_file(str(weights_path))
-    except SafetensorError as e:
-        raise UserError(f"{weights_path}: not a readable safetensors file ({e})") from None
+    weights = load_tensors(weights_path)
     r, expected = hparams["r"], {}
     for layer in hparams["layers"]:
         for t in hparams["targets"]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch.utils.checkpoint import checkpoint
 
 SUPPORTED_MODEL_TYPES = ("llama",)
@@ -337,8 +338,6 @@ class Transformer(nn.Module):
         will live and its source released before the next one: peak host memory is the final model plus one
         tensor (bf16 file into a float32 model included), and about one tensor when loading onto a GPU.
         """
-        from safetensors import safe_open
-
         path = Path(path)
         cfg = ModelConfig.from_json(path / "config.json")
         with torch.device("meta"):
@@ -376,8 +375,6 @@ class Transformer(nn.Module):
 def read_safetensors(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """The tensors of a single-file or sharded (model.safetensors.index.json) checkpoint, from the file headers
     alone (no weight is read): name -> (file, shape). Every shard is checked to exist before any is opened."""
-    from safetensors import SafetensorError, safe_open
-
     index = path / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))

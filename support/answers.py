@@ -2,22 +2,27 @@
 
 MATH (`compare_math`) reads both answers into a small structure, compares the pieces exactly where it can and leaves
 only the rest to a symbolic proof (sympy, with LaTeX read by latex2sympy2-extended; both load only when needed, and
-nothing here imports torch). GSM/MGSM (`extract_number`, `compare_number`) read one number and compare it exactly.
-The rules, in the order they apply, each chosen against a measured false positive or false negative:
+nothing here imports torch). GSM/MGSM (`extract_number`, `compare_number`) read one number and compare it exactly:
+the number a text states as its answer ("the answer is", "answer:", "####", \\boxed{}) wins over numbers after it.
+MATH's own `answer`-field forms read as its solutions' do. The rules, in the order they apply, each chosen against
+a measured false positive or false negative:
 
 1. Numbers (integers, fractions, mixed `1\\frac{4}{5}` = 9/5, decimals) are exact `Fraction`s: 1000001 != 1000000,
    0.3333333 != 1/3. One tolerance: an irrational prediction must round to a decimal gold at its stated places
    (`\\sqrt{2}` = 1.41, `\\pi` = 3.14).
-2. Commas: `1,234` is one number only when it is the whole answer (so `5,100` reads as 5100); `{,}` and `,\\!` are
-   separators anywhere; any other comma separates items (`10, 200` is a list). `1 2` equals only itself.
+2. Commas: `1,234` is one number only when it is the whole answer (so `5,100` reads as 5100); `{,}`, `,\\!` and
+   `, \\!` are separators anywhere; any other comma separates items (`10, 200` is a list). `1 2` equals only itself.
 3. Tuples and intervals compare in order, brackets included; `\\{a, b\\}` sets, bare lists `a, b`, unions and
-   `a \\pm b` (the two values) order-free. A one-column `pmatrix` is a tuple, a one-element set its element.
+   `a \\pm b` (the two values) order-free. A one-column `pmatrix` is a tuple, a one-element set its element. A
+   single backslash between a matrix's rows (MATH's answer field: `6\\3\\0`) is a row break.
 4. Labels (decided): `x = 5` equals `5`, but two one-letter labels must agree (`y = 5` != `x = 5`, also `x \\in`):
    MATH names lines and planes by them. Equations are equal when one is a nonzero multiple of the other.
 5. Units (decided), degree marks and bases (`52_8`) on one side only are ignored (golds often omit the unit the
-   question fixes); on both they must agree (`5\\text{ m}` != `5\\text{ cm}`). Plurals and "square X" = "X^2".
+   question fixes); on both they must agree (`5\\text{ m}` != `5\\text{ cm}`). Plurals, "square X" = "X^2" and
+   "cubic X" = "X^3".
 6. Percent (decided) and currency signs are dropped, not divided out: `50\\%` = `50` != `0.5`.
-7. A wholly `\\text{...}` answer compares case-insensitively; a choice may drop its parentheses (`C` = `(C)`).
+7. A wholly `\\text{...}` answer compares case-insensitively; a choice may drop its parentheses (`C` = `(C)`);
+   `\\text{A, C}`, a list of choice letters, is the list `A, C`.
 8. The rest must be proved equal by sympy (`simplify(a - b) == 0`), never numerically. Letters are positive reals
    (`a\\sqrt{b}` = `\\sqrt{a^2 b}`; the price: `|x|` = `x`), `i` is imaginary, decimals are exact fractions. An
    unevaluated sum, product, integral or limit is refused ("guard").
@@ -52,11 +57,15 @@ UNICODE = {"\u2212": "-", "\u00d7": "\\times ", "\u00b7": "\\cdot ", "\u03c0": "
            "\u00b0": "\\text{\u00b0}"}
 LABEL = re.compile(r"([a-zA-Z]|\\[a-zA-Z]+)(_\w|_\{\w+\})?(\([a-zA-Z]\))?(?:=|\\in(?![a-zA-Z]))")
 MATRIX = re.compile(r"\\begin\{[pbB]?matrix\}(.*)\\end\{[pbB]?matrix\}")
+MATRIX_ENV = re.compile(r"\\begin\{([pbBvV]?matrix)\}.*?\\end\{\1\}")
 MINUS = "-\u2212"  # ASCII hyphen-minus and the Unicode minus sign
 CURRENCY = "$\u20ac\u00a3"
 NUMBER = (rf"(?<![\w.])(?:[{MINUS}]?[{CURRENCY}]?|[{CURRENCY}][{MINUS}])"  # -$5, $-5, −5; not the 3 of "5-3"
           rf"(?:\d{{1,3}}(?:,\d{{3}})+|\d+)(?:\.\d+)?(?:/\d+)?|(?<![\w.])[{MINUS}]?\.\d+")
 SENTENCE_END = re.compile(r"\n|[!?]|\.(?!\d)")  # a full stop, not the point of 3.5
+STATED = re.compile(r"answer\s*(?:is\b|:|=)|####|\\boxed\s*\{", re.IGNORECASE)  # a GSM answer stated as such
+LEAD = re.compile(r"(?:\s|[:=*$({\[]|\\[$(\[]|\\(?:boxed|textbf|text|mathbf)\b)*")  # markup before its number
+OPENS_MORE = r"\s*(?:[-+*/^\u00d7\u00f7x]\s*\(?\d|(?:dozens?|hundreds?|thousands?|millions?|billions?)\b)"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -98,13 +107,15 @@ def normalize_math(answer: str) -> str:
     s = answer.replace("\\$", "").replace("$", "").strip()
     s = re.sub(r"(?<!\\)\.$", "", s)  # a sentence's full stop (before "58,500." is read)
     s = s.translate(str.maketrans(UNICODE))
-    s = re.sub(r"(?<=\d)(?:\{,\}|,\\!)\s*(?=\d{3}(?!\d))", "", s)  # 8{,}880, 11,\! 111: LaTeX thousands separators
+    s = re.sub(r"(?<=\d)(?:\{,\}|,\s*\\!)\s*(?=\d{3}(?!\d))", "", s)  # 8{,}880, 11,\! 111, 111, \! 111
     if m := THOUSANDS.match(s):  # 58,500 or 1,000\text{ cm}: the whole answer is one number (rule 2)
         if "," not in s[m.end():] and re.match(r"$|\s*\\text|\s+[a-zA-Z]", s[m.end():]):
             s = m.group().replace(",", "") + s[m.end():]
     s = re.sub(r"\\(?:left|right|[bB]igg?[lr]?|displaystyle)(?![a-zA-Z])|(?<!\\)\\!", "", s)
     s = re.sub(r"\\[dt]frac(?![a-zA-Z])", r"\\frac", s)
     s = re.sub(r"\\(?:mbox|mathrm|textbf|textit|textrm|textnormal)(?![a-zA-Z])", r"\\text", s)
+    s = MATRIX_ENV.sub(lambda m: re.sub(r"(?<!\\)\\(?=[\s\d.+-])", r"\\\\", m.group()), s)  # MATH's field: "6\3\0"
+    s = re.sub(r"\\text\{\s*(\(?[A-Z]\)?(?:\s*,\s*\(?[A-Z]\)?)+)\s*\}", lambda m: re.sub(r"[()]", "", m.group(1)), s)
     s = re.sub(r"(?<!\\)\\[,;: ]|\\q?quad(?![a-zA-Z])|~", " ", s)  # not the row break \\ of a matrix
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\degree(?![a-zA-Z])|\\text\{\s*degrees?\s*\}|(?<=[\d}])\s*degrees?$",
                r"\\text{°}", s)
@@ -145,11 +156,11 @@ def split_top(s: str, sep: str) -> list[str]:
 
 
 def _unit_key(unit: str) -> str:
-    """"square inches", "inches^2" and "inch^2" agree; so do "cents" and "cent"."""
+    """"square inches", "inches^2" and "inch^2" agree; so do "cubic m" and "m^3", "cents" and "cent"."""
     u = unit.lower().replace(" ", "")
-    square = u.startswith("square") or u.endswith("^2")
-    u = re.sub(r"(?<=ch|sh|ss)es$|(?<=[^s])s$", "", re.sub(r"^square|\^2$", "", u))
-    return u + "^2" * square
+    power = "^2" if u.startswith("square") else "^3" if u.startswith("cubic") else u[-2:] * bool(re.search(r"\^\d$", u))
+    u = re.sub(r"(?<=ch|sh|ss)es$|(?<=[^s])s$", "", re.sub(r"^square|^cubic|\^\d$", "", u))
+    return u + power
 
 
 def _set(parts: list[str]) -> Answer:
@@ -188,7 +199,7 @@ def parse_answer(s: str) -> Answer:
 
 def _scalar(s: str) -> Answer:
     """A single value with its trailing unit (rule 5) split off."""
-    if m := re.fullmatch(r"(.+?)\\text\{([^{}]*)\}(\^2)?", s):  # 864\text{ inches}^2, 30\text{°}
+    if m := re.fullmatch(r"(.+?)\\text\{([^{}]*)\}(\^\d)?", s):  # 864\text{ inches}^2, 30\text{°}
         return Answer("scalar", m.group(1), _unit_key(m.group(2) + (m.group(3) or "")))
     if m := re.fullmatch(r"(\d+)_(\d|\{\d+\})", s):  # 52_8: the base is a unit of the digits
         return Answer("scalar", m.group(1), "base" + m.group(2).strip("{}"))
@@ -416,11 +427,17 @@ def clean_number(s: str) -> str:
 
 
 def extract_number(text: str) -> str | None:
-    """The final number of the last "The answer is" sentence (the first after its last "=" if any), else the
-    text's last number; commas and currency signs dropped, signs kept."""
-    if stated := list(re.finditer(r"answer is", text, flags=re.IGNORECASE)):
+    """The number a text states as its answer, else its last number; commas and currency signs dropped, signs kept.
+    A statement is "the answer is", "answer:", "####" or \\boxed{}; the last one counts (a corrected answer), and
+    its number wins over any written after it (a check, a comparison, alternatives): the number it opens with,
+    or, when it opens with a calculation ("30 - 2 * 4 = 22"), a count ("3 dozen") or words, the first number after
+    its sentence's last "=", else the sentence's last number."""
+    if stated := list(STATED.finditer(text)):
         rest = text[stated[-1].end():]
+        rest = rest[LEAD.match(rest).end():]
         sentence = rest[:end.start()] if (end := SENTENCE_END.search(rest)) else rest
+        if (first := re.match(NUMBER, sentence)) and not re.match(OPENS_MORE, sentence[first.end():]):
+            return clean_number(first.group())
         result = re.findall(NUMBER, sentence.rsplit("=", 1)[1])[:1] if "=" in sentence else []
         if found := result or re.findall(NUMBER, sentence)[-1:]:
             return clean_number(found[0])

@@ -101,6 +101,12 @@ def read_jsonl(path: Path) -> list[dict]:
         raise UserError(f"{path} is damaged ({e}); delete it and run the command again") from None
 
 
+def repo_relative(text: str) -> str:
+    """`text` with the repository's absolute path cut from every path in it: what a generated document may show
+    (it must not name the machine that ran it)."""
+    return text.replace(str(ROOT) + os.sep, "")
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -114,30 +120,92 @@ def file_record(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
 
 
-VERIFIED: dict[tuple, str] = {}  # (path, size, mtime) -> sha256 of the files this process hashed
-RACY_NS = 2 * 10**9  # a file written this recently may change again within its mtime's granularity: not cached
+TENSORS_SHA256 = "tensors_sha256"  # the metadata key of an adapter file's checksum of its own tensors
+
+
+def tensors_sha256(tensors: dict) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: the checksum an adapter file carries
+    in its safetensors metadata (PEFT reads the file and ignores the key)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode() + t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_tensors(tensors: dict, path: Path) -> None:
+    """A safetensors file that carries the checksum of its tensors."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt", TENSORS_SHA256: tensors_sha256(tensors)})
+
+
+def load_tensors(path: Path, fix: str = "copy it again or train again", note: bool = True) -> dict:
+    """The tensors of a safetensors file, checked: readable, equal to the checksum in its metadata, finite. A file
+    without a checksum (made by PEFT or another tool) loads with a note, since nothing can verify its bytes."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            expected = (f.metadata() or {}).get(TENSORS_SHA256)
+        tensors = load_file(str(path))
+    except SafetensorError as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
+    if expected is None and note:
+        print(f"note: {path} carries no checksum of its tensors (made by PEFT, another tool or an older "
+              "version of this project): loaded unverified",
+              file=sys.stderr)
+    elif tensors_sha256(tensors) != expected:
+        raise UserError(f"{path}: its tensors do not match the checksum in its header (damaged); {fix}")
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{path}: tensor '{name}' holds NaN or infinite values; {fix}")
+    return tensors
+
+
+HASH_CACHE = CACHE_DIR / "sha256.json"  # resolved path -> [size, mtime_ns, ctime_ns, inode, sha256]
+RACY_NS = 2 * 10**9  # a file written this recently may change again within its timestamps' granularity: not cached
+
+
+def sha256_cached(path: Path) -> str:
+    """The sha256 of a file, read again only when its size, mtime, ctime or inode changed (as git trusts its index).
+    Any write, copy or rename gives a file a new ctime, which unlike the mtime no tool can set back, so a damaged
+    file is always hashed again; the record lives in runs/.cache, so a 16 GB checkpoint is hashed once, not per
+    command."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+    try:
+        cache = json.loads(HASH_CACHE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    cache = cache if isinstance(cache, dict) else {}
+    if isinstance(known := cache.get(str(path)), list) and known[:4] == key:
+        return known[4]
+    digest = sha256_of(path)
+    if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > RACY_NS:
+        cache = {p: v for p, v in cache.items() if Path(p).exists()} | {str(path): key + [digest]}
+        try:
+            HASH_CACHE.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(HASH_CACHE, json.dumps(cache))
+        except (OSError, UserError):  # a record that cannot be written costs a hash next time, nothing else
+            pass
+    return digest
 
 
 def damaged_files(root: Path, records: dict[str, dict], full: bool = False) -> list[str]:
-    """Names in `records` whose file is missing or differs: by size always, by sha256 when `full`.
-
-    A file is hashed once per process while its size and mtime stay the same (as git trusts its index), so
-    checking the hashes on every read of a data set costs a stat after the first.
-    """
+    """Names in `records` whose file is missing or differs: by size always, by sha256 when `full` (sha256_cached:
+    a stat for a file unchanged since it was last hashed)."""
     bad = []
     for name, rec in records.items():
         path = root / name
-        stat = path.stat() if path.is_file() else None
-        if stat is None or stat.st_size != rec["bytes"]:
+        if not path.is_file() or path.stat().st_size != rec["bytes"]:
             bad.append(name)
-            continue
-        if not full:
-            continue
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        digest = VERIFIED.get(key) or sha256_of(path)
-        if time.time_ns() - stat.st_mtime_ns > RACY_NS:
-            VERIFIED[key] = digest
-        if digest != rec["sha256"]:
+        elif full and sha256_cached(path) != rec["sha256"]:
             bad.append(name)
     return bad
 
@@ -192,11 +260,18 @@ def check_claim(out: Path, config: dict, resume: bool, resume_keys: tuple[str, .
             article = "an" if kind[0] in "aeiou" else "a"
             raise UserError(f"{out} already holds {article} {kind}. {hint} pass another --out.")
         now = json.loads(json.dumps(config))  # tuples -> lists
-        changed = [k for k in resume_keys if previous.get(k) != now.get(k)]
+        changed = [difference(k, previous.get(k), now.get(k)) for k in resume_keys if previous.get(k) != now.get(k)]
         if changed:
-            raise UserError(f"{out} holds a {previous.get('kind', kind)} made with different settings: " + ", ".join(
-                f"{k}={previous.get(k)!r} (now {now.get(k)!r})" for k in changed)
-                + ". Use the same settings, or pass another --out.")
+            raise UserError(f"{out} holds a {previous.get('kind', kind)} made with different settings: "
+                            + ", ".join(changed) + ". Use the same settings, or pass another --out.")
+
+
+def difference(key: str, before, now) -> str:
+    """One setting that differs, down to the entries that do: "train={lr_lora=0.0002 (now 0.001)}"."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return f"{key}={{" + ", ".join(difference(k, before.get(k), now.get(k)) for k in sorted(
+            before.keys() | now.keys()) if before.get(k) != now.get(k)) + "}"
+    return f"{key}={before!r} (now {now!r})"
 
 
 @contextmanager
@@ -214,6 +289,9 @@ def claim_output(out: Path, config: dict, resume: bool, resume_keys: tuple[str, 
         return
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a new or empty directory")
+    # --resume into a missing or empty directory (a typo in --out) must not start a fresh run without a word
+    if resume and not (out.is_dir() and {p.name for p in out.iterdir()} - {LOCK_FILE}):
+        raise UserError(f"--resume: {out} holds no run to continue; check --out, or drop --resume to start one")
     if out.is_dir() and not (out / LOCK_FILE).exists():  # never locked by a run: refused before a lock file is added
         check_claim(out, config, resume, resume_keys, kind)
     with locked(out, kind):
@@ -224,22 +302,15 @@ def claim_output(out: Path, config: dict, resume: bool, resume_keys: tuple[str, 
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    """A short key for a checkpoint's weights that reads kilobytes, not gigabytes: sha256 over config.json, the shard
-    index, and per *.safetensors file its name, size, header and first and last 1 MiB (the header alone does not
-    change with the values; an edit only in the middle of a file that keeps its size is not detected)."""
+    """A short key for a checkpoint's weights: sha256 over config.json, the shard index, and per *.safetensors file
+    its name and full sha256 (sha256_cached: hashed once per change of the file, so a cached evaluation is never
+    reused against weights edited in place, even with their size kept)."""
     model_dir, h = Path(model_dir), hashlib.sha256()
     for name in ("config.json", "model.safetensors.index.json"):
         if (model_dir / name).is_file():
             h.update(name.encode() + (model_dir / name).read_bytes())
-    sample = 1 << 20
     for path in sorted(model_dir.glob("*.safetensors")):
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            h.update(f"{path.name}:{size}".encode() + f.read(min(n, size)))
-            for offset in (0, max(0, size - sample)):
-                f.seek(offset)
-                h.update(f.read(sample))
+        h.update(f"{path.name}:{sha256_cached(path)}".encode())
     return h.hexdigest()[:16]
 
 

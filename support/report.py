@@ -5,16 +5,15 @@ Every figure names the model, the options and the number of pairs or items in it
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
-from support.files import read_jsonl, write_atomic, write_jsonl
+from support.files import read_jsonl, write_atomic, write_json, write_jsonl
 from support.stats import mcnemar_exact, paired_difference
 from support.tasks import STAND_INS
 
-READING_KEYS = ("calib", "sens_pool", "sens_repr", "sens_dist", "influence")
+READING_KEYS = ("calib", "sens_pool", "sens_repr", "sens_dist", "sens_control", "influence")
 
 
 def png_bytes(fig) -> bytes:
@@ -56,17 +55,20 @@ def layer_ranges(layers) -> str:
 
 
 def reading_label(options: dict) -> str:
-    """The four choices of a reading (METHOD.md 4.2-4.3), e.g. "sens_pool=last, ..., influence=grad"."""
-    return ", ".join(f"{key}={options[key]}" for key in READING_KEYS[1:])
+    """The choices of a reading (METHOD.md 4.2-4.3), e.g. "sens_pool=last, ..., influence=grad"."""
+    return ", ".join(f"{key}={options[key]}" for key in READING_KEYS[1:] if key in options)
 
 
 def scores_summary(result: dict) -> str:
     sp, pd, d, c = result["spearman"], result["partial_depth"], result["depth"], result["depth_confound"]
     return "\n".join([
-        f"Spearman r_s = {sp['r']:.3f}, p = {sp['p']:.3g}, 95% CI [{sp['ci95'][0]:.3f}, {sp['ci95'][1]:.3f}] "
-        f"({result['n_pairs']} {result['options']['calib']} pairs, {reading_label(result['options'])}) -> "
-        f"{result['verdict']}",
-        f"with layer depth held fixed: partial r_s = {pd['r']:.3f}, p = {pd['p']:.3g}",
+        f"Spearman r_s = {sp['r']:.3f}, naive p = {sp['p']:.3g}, 95% BCa CI [{sp['ci95'][0]:.3f}, "
+        f"{sp['ci95'][1]:.3f}] ({result['n_pairs']} {result['options']['calib']} pairs, "
+        f"{reading_label(result['options'])})",
+        f"p with the effective n of two smooth profiles (n_eff {sp.get('n_eff', float('nan')):.1f}) = "
+        f"{sp.get('p_eff', float('nan')):.3g}; p against depth-trend surrogates = {sp.get('p_null', float('nan')):.3g}"
+        f" -> {result['verdict']}",
+        "with layer depth held fixed: " + (pd.get("note") or f"partial r_s = {pd['r']:.3f}, p = {pd['p']:.3g}"),
         f"top-{result['k']} sensitivity {layer_ranges(result['sens_layers'])} (mean depth {d['sens']:.2f}); "
         f"top-{result['k']} RoPE influence {layer_ranges(result['rope_layers'])} (mean depth {d['rope']:.2f}); "
         f"Jaccard {result['jaccard']:.2f}",
@@ -99,130 +101,6 @@ def plot_scores(result: dict) -> bytes:
     ax.set_xticks(layers[::max(1, len(layers) // 15)])
     ax.legend(fontsize=8, loc="best")
     return png_bytes(fig)
-
-
-def multiverse_summary(mv: dict) -> dict:
-    """Verdict counts (raw and with depth held fixed); per choice the mean r_s at each value (the others averaged:
-    the design is full factorial) and how many matched variants (same calibration set and other choices) change
-    sign when it alone switches; and, in words, the choice that decides the sign."""
-    recs, readings, values = mv["records"], list(mv["about"]), mv["choices"]
-    effects = {}
-    for choice in readings:
-        a, b = values[choice]
-        mean_r = {v: float(np.mean([x["spearman"]["r"] for x in recs if x["options"][choice] == v])) for v in (a, b)}
-        matched = {}
-        for x in recs:
-            rest = (x["calib_set"],) + tuple(x["options"][c] for c in readings if c != choice)
-            matched.setdefault(rest, {})[x["options"][choice]] = x["spearman"]["r"]
-        effects[choice] = {"mean_r": mean_r, "effect": mean_r[b] - mean_r[a], "matched": len(matched),
-                           "sign_flips": sum(int(np.sign(m[a]) != np.sign(m[b])) for m in matched.values())}
-    top = max(readings, key=lambda c: (effects[c]["sign_flips"], abs(effects[c]["effect"])))
-    (a, b), e = values[top], effects[top]
-    how = (f"mean r_s {e['mean_r'][a]:+.3f} with {a}, {e['mean_r'][b]:+.3f} with {b}; switching it alone flips the "
-           f"sign of r_s in {e['sign_flips']} of {e['matched']} matched pairs of variants")
-    decides = np.sign(e["mean_r"][a]) != np.sign(e["mean_r"][b])
-    words = (f"The {mv['about'][top]} (--{top.replace('_', '-')}) " + ("decides the sign" if decides else
-             "flips the sign most often, though no single choice flips the sign of the mean r_s") + f": {how}.")
-    count = lambda verdicts: {v: verdicts.count(v) for v in VERDICT_COLORS}
-    return {"n_variants": len(recs), "verdicts": count([x["verdict"] for x in recs]),
-            "partial_verdicts": count([x["partial_depth"]["verdict"] for x in recs]),
-            "covers_paper": sum(int(lo <= PAPER_SPEARMAN <= hi) for lo, hi in (x["spearman"]["ci95"] for x in recs)),
-            "effects": effects, "sign_decided_by": top, "in_words": words}
-
-
-def multiverse_setup(mv: dict) -> str:
-    """The one sentence that says what the variants share: model, calibration sets, pairs, k, bootstrap."""
-    recs, s = mv["records"], mv["summary"]
-    sets = {x["calib_set"]: x["n_pairs"] for x in recs}
-    auto = list(dict.fromkeys(x["options"]["seed"] for x in recs if x["options"]["calib"] == "auto"))
-    drawn = f" and --calib auto draws with seeds {', '.join(map(str, auto))} ({recs[-1]['n_pairs']} pairs each)"
-    o, L = recs[0]["options"], len(recs[0]["sensitivity"])
-    return (f"{Path(mv['model']).name}: {s['n_variants']} variants = {s['n_variants'] // len(sets)} readings x "
-            f"{len(sets)} calibration sets (the shipped {sets.get('file')} pairs{drawn if auto else ''}), "
-            f"top-{recs[0]['k']} of {L} layers, {o['bootstrap']} bootstrap resamples, fd eps {o['fd_eps']}")
-
-
-def multiverse_findings(mv: dict) -> list[str]:
-    """The summary in lines: verdict counts, raw and with depth held fixed, the paper's value, the sign."""
-    s = mv["summary"]
-    counts = lambda verdicts: ", ".join(f"{n} {v}" for v, n in verdicts.items())
-    table = ["| choice | mean r_s | mean r_s | main effect | sign flips (matched pairs) |", "|---|---|---|---|---|"]
-    for choice, e in s["effects"].items():
-        (a, ra), (b, rb) = e["mean_r"].items()
-        table.append(f"| `--{choice.replace('_', '-')}` | {a}: {ra:+.3f} | {b}: {rb:+.3f} | {e['effect']:+.3f} "
-                     f"({b} - {a}) | {e['sign_flips']} of {e['matched']} |")
-    return [f"- verdicts: {counts(s['verdicts'])}", f"- with depth held fixed (partial r_s): "
-            f"{counts(s['partial_verdicts'])}", f"- 95% CI covers the paper's r_s = {PAPER_SPEARMAN}: "
-            f"{s['covers_paper']} of {s['n_variants']}", f"- {s['in_words']}", ""] + table
-
-
-def multiverse_markdown(mv: dict) -> str:
-    """multiverse.md: the summary, the main effects, and every variant sorted by r_s."""
-    fmt = lambda x, spec=".3f": "n/a" if x is None or x != x else format(x, spec)
-    lines = [f"# Co-localization under every reading: {Path(mv['model']).name}", "", multiverse_setup(mv) + ".",
-             f"The partial r_s holds the layer index fixed. The paper reports r_s = {PAPER_SPEARMAN} (Llama 3.1 8B).",
-             "", "## Summary", "", *multiverse_findings(mv), "", "## Every variant, sorted by r_s", "",
-             "| # | calibration | pool | repr | dist | influence | r_s | p | 95% CI | partial r_s | partial p | "
-             "verdict | top-k S | top-k I | Jaccard | depth S / I |", "|" + "---|" * 16]
-    for i, x in enumerate(sorted(mv["records"], key=lambda x: x["spearman"]["r"]), 1):
-        o, sp, pd = x["options"], x["spearman"], x["partial_depth"]
-        lines.append(f"| {i} | {x['calib_set']} | {o['sens_pool']} | {o['sens_repr']} | {o['sens_dist']} | "
-                     f"{o['influence']} | {sp['r']:+.3f} | {fmt(sp['p'], '.2g')} | [{fmt(sp['ci95'][0])}, "
-                     f"{fmt(sp['ci95'][1])}] | {fmt(pd['r'], '+.3f')} | {fmt(pd['p'], '.2g')} | {x['verdict']} | "
-                     f"{layer_ranges(x['sens_layers'])} | {layer_ranges(x['rope_layers'])} | {x['jaccard']:.2f} | "
-                     f"{x['depth']['sens']:.2f} / {x['depth']['rope']:.2f} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_multiverse(mv: dict) -> bytes:
-    """The specification curve: r_s with its 95% CI per variant, sorted, the paper's value as a line; under it,
-    one row of dots per (choice, value) marking which variants use it."""
-    import textwrap
-
-    plt = pyplot()
-    s, recs = mv["summary"], sorted(mv["records"], key=lambda x: x["spearman"]["r"])
-    x, nan = np.arange(len(recs)), lambda v: np.nan if v is None else v
-    r = np.array([v["spearman"]["r"] for v in recs])
-    ci = np.array([[nan(c) for c in v["spearman"]["ci95"]] for v in recs], dtype=float)
-    rows = [(choice, value) for choice, values in mv["choices"].items() for value in values]
-    fig, (ax, dots) = plt.subplots(2, 1, sharex=True, figsize=(max(9.0, 3 + 0.11 * len(recs)), 8),
-                                   gridspec_kw=dict(height_ratios=[3, 0.28 * len(rows)]))
-    for name, color in VERDICT_COLORS.items():
-        idx = [i for i, v in enumerate(recs) if v["verdict"] == name]
-        if idx:
-            ax.errorbar(x[idx], r[idx], yerr=np.abs(ci[idx].T - r[idx]), fmt="o", ms=3.5, color=color,
-                        elinewidth=0.8, capsize=0, label=f"{name} ({len(idx)})")
-    ax.scatter(x, [nan(v["partial_depth"]["r"]) for v in recs], marker="_", s=40, color="black",
-               label="partial r_s, depth held fixed")
-    ax.axhline(0, color="black", lw=0.6)
-    ax.axhline(PAPER_SPEARMAN, color="tab:green", ls="--", lw=1.2, label=f"paper: r_s = {PAPER_SPEARMAN} "
-               "(Llama 3.1 8B)")
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_ylabel("Spearman r_s(S, I), 95% CI")
-    ax.legend(fontsize=8, loc="upper left")  # sorted ascending: the upper left stays empty
-    title = f"Spearman r_s(S, I) under every reading. {multiverse_setup(mv)}. {s['in_words']}"
-    ax.set_title("\n".join(textwrap.wrap(title, 150)), fontsize=8.5)
-    for j, (choice, value) in enumerate(rows):
-        used = [i for i, v in enumerate(recs) if v["options"][choice] == value]
-        default = mv["choices"][choice].index(value) == 0
-        dots.scatter(x[used], np.full(len(used), j), s=9, color="black" if default else "tab:gray")
-    dots.set_yticks(range(len(rows)), [f"{c.replace('_', '-')} = {v}" for c, v in rows], fontsize=8)
-    dots.set_ylim(len(rows) - 0.5, -0.5)
-    dots.set_xlabel("variant, sorted by r_s (black dots: the default value of each choice)")
-    dots.grid(axis="y", lw=0.3)
-    return png_bytes(fig)
-
-
-def write_multiverse(out: Path, mv: dict) -> str:
-    """multiverse.json (the records plus their summary; an undefined number is null), .md and .png in `out`;
-    returns the console summary."""
-    mv = mv | {"summary": multiverse_summary(mv)}
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "multiverse.json", json.dumps(json.loads(json.dumps(mv), parse_constant=lambda _: None),
-                                                      indent=1) + "\n")
-    write_atomic(out / "multiverse.md", multiverse_markdown(mv))
-    write_atomic(out / "multiverse.png", plot_multiverse(mv))
-    return "\n".join([multiverse_setup(mv), *multiverse_findings(mv)])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -340,9 +218,8 @@ def fmt_tests(t: dict | None, sd: float | None = None) -> tuple[str, str]:
     d = t.get("bpb_diff")
     if not d:
         return mc, ""
-    beyond = "" if sd is None else ("more than 2 sd" if abs(d["mean"]) > 2 * sd else "within 2 sd")
     return mc, (f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}], Wilcoxon p {d['wilcoxon_p']:.3g}"
-                + (f", seed sd {sd:.4f}: {beyond}" if sd is not None else ""))
+                + (f", seed sd {sd:.4f}" if sd is not None else ""))
 
 
 def loss_ends(log: list[dict], n: int = 10) -> dict[str, float]:
@@ -350,6 +227,35 @@ def loss_ends(log: list[dict], n: int = 10) -> dict[str, float]:
     to read a trend from a single step."""
     return {f"loss_{end}_{n}": round(float(np.mean([r["loss"] for r in part])), 5)
             for end, part in (("first", log[:n]), ("last", log[-n:])) if part}
+
+
+def arm_table(results: dict, base: dict, tests: dict) -> tuple[list[str], list[str]]:
+    """Base vs arm per benchmark with paired tests (Markdown rows), and what each accuracy can and cannot show."""
+    lines = ["| benchmark | base accuracy | arm accuracy | McNemar p | base bpb | arm bpb | bpb difference |",
+             "|---|---|---|---|---|---|---|"]
+    notes = []
+    for name, r in results["benchmarks"].items():
+        b = base.get(name)
+        sd = r.get("bpb", {}).get("sd") if isinstance(r.get("bpb"), dict) else None
+        mc, diff = fmt_tests(tests.get(name), sd)
+        label = f"{name} ({STAND_INS[name]})" if name in STAND_INS else name
+        lines.append(f"| {label} | {fmt_score(b)} | {fmt_score(r)} | {mc} | {fmt_bpb(b)} | {fmt_bpb(r)} | {diff} |")
+        if "status" in r:
+            notes.append(f"- {name} not run: {r['why']}")
+        for run_name, res in (("base", b), ("arm", r)):
+            note = what_accuracy_means(f"{name} ({run_name})", res) if res and "accuracy" in res else None
+            if note:
+                notes.append(f"- {note}")
+    return lines, notes
+
+
+def write_arm_report(arm_dir: Path, results: dict, base: dict, tests: dict, scores: dict, seconds: float,
+                     command_seconds: float) -> None:
+    """report.json (what the README generator reads) and report.md of one arm."""
+    data = dict(results=results, base=base, tests=tests, scores=scores, seconds=seconds,
+                command_seconds=command_seconds)
+    write_json(arm_dir / "report.json", data)
+    write_atomic(arm_dir / "report.md", arm_report(**data))
 
 
 def arm_report(results: dict, base: dict, tests: dict, scores: dict, seconds: float,
@@ -366,28 +272,15 @@ def arm_report(results: dict, base: dict, tests: dict, scores: dict, seconds: fl
              f"- Co-localization under this run's reading ({', '.join(f'{k}={opts[k]}' for k in READING_KEYS if k in opts)}): "
              f"r_s = {sp['r']:.3f}, p = {sp['p']:.2g}, 95% CI [{sp['ci95'][0]:.3f}, {sp['ci95'][1]:.3f}] -> "
              f"{scores.get('verdict', '')}. The verdict depends on the reading: `python sensitivity.py --multiverse` "
-             f"scores all 16 (README, \"Every reading at once\").",
+             f"scores all 48 (docs/results.md).",
              f"- Training loss, mean of the first -> last 10 steps: {losses or 'no training (evaluation only)'}",
              f"- Time: {seconds / 60:.1f} min of training and evaluation (summed over seeds); "
              f"{command_seconds / 60:.1f} min wall for the command that wrote this report", "",
              "Accuracy % [95% Wilson CI]; gold bits per byte (lower is better) [95% bootstrap CI]. Paired tests on "
              "the same items: exact McNemar p (only base / only arm correct); bpb difference arm - base (negative: "
-             "the arm predicts the gold answer better) [95% paired bootstrap CI], Wilcoxon signed-rank p.", "",
-             "| benchmark | base accuracy | arm accuracy | McNemar p | base bpb | arm bpb | bpb difference |",
-             "|---|---|---|---|---|---|---|"]
-    notes = []
-    for name, r in results["benchmarks"].items():
-        b = base.get(name)
-        sd = r.get("bpb", {}).get("sd") if isinstance(r.get("bpb"), dict) else None
-        mc, diff = fmt_tests(tests.get(name), sd)
-        label = f"{name} ({STAND_INS[name]})" if name in STAND_INS else name
-        lines.append(f"| {label} | {fmt_score(b)} | {fmt_score(r)} | {mc} | {fmt_bpb(b)} | {fmt_bpb(r)} | {diff} |")
-        if "status" in r:
-            notes.append(f"- {name} not run: {r['why']}")
-        for run_name, res in (("base", b), ("arm", r)):
-            note = what_accuracy_means(f"{name} ({run_name})", res) if res and "accuracy" in res else None
-            if note:
-                notes.append(f"- {note}")
+             "the arm predicts the gold answer better) [95% paired bootstrap CI], Wilcoxon signed-rank p.", ""]
+    table, notes = arm_table(results, base, tests)
+    lines += table
     if notes:
         lines += ["", "What the accuracy column can and cannot show:", ""] + notes
     multipliers = results.get("garfa_multipliers") or {}
@@ -397,92 +290,6 @@ def arm_report(results: dict, base: dict, tests: dict, scores: dict, seconds: fl
                   "| layer | " + " | ".join(f"kv {g}" for g in range(n_kv)) + " |", "|---|" + "---|" * n_kv]
         lines += [f"| {layer} | " + " | ".join(f"{m:.4f}" for m in ms) + " |" for layer, ms in multipliers.items()]
     return "\n".join(lines) + "\n"
-
-
-def write_comparison(out_dir: Path, arm_results: dict[str, dict], tests: dict[str, dict],
-                     vs_base: dict[str, dict] | None = None) -> None:
-    """comparison.md (arms x benchmarks; each arm against base; sens-sens against each arm), comparison.png and
-    bpb_differences.png. `tests`: paired_tests(sens-sens, arm) per arm; `vs_base`: paired_tests(base, arm)."""
-    first = next(iter(arm_results.values()))
-    model = first["model"]
-    benches = [b for b in first["benchmarks"] if any("n" in r["benchmarks"].get(b, {}) for r in arm_results.values())]
-    lines = ["# Cross-layer ablation", "", f"Model {model}. Accuracy % [95% Wilson CI] and gold bits per byte "
-             "[95% CI]; with several seeds, the across-seed mean ± sd.", "",
-             "| arm | LoRA layers | GARFA layers | " + " | ".join(benches) + " |", "|---|---|---|" + "---|" * len(benches)]
-    for arm, r in arm_results.items():
-        cells = [" / ".join(x for x in (fmt_score(r["benchmarks"].get(b)), fmt_bpb(r["benchmarks"].get(b)))
-                            if x != "—") for b in benches]
-        lines.append(f"| {arm} | {r['lora_layers']} | {r['garfa_layers']} | " + " | ".join(cells) + " |")
-    if vs_base:
-        lines += ["", "Each arm against the base model on the same items: bpb difference arm - base (negative: the "
-                  "adapters predict the gold answer better) [95% paired bootstrap CI], Wilcoxon p, the arm's seed sd; "
-                  "exact McNemar p where accuracy was measured.", "",
-                  "| arm | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
-        for arm, t in vs_base.items():
-            sds = [arm_results[arm]["benchmarks"].get(b, {}).get("bpb", {}).get("sd") for b in benches]
-            cells = [fmt_tests(t.get(b), sd) for b, sd in zip(benches, sds)]
-            lines.append(f"| {arm} | " + " | ".join("; ".join(x for x in (d, f"McNemar {mc}" if mc else "") if x)
-                                                    for mc, d in cells) + " |")
-    lines += ["", "sens-sens against each arm on the same items: exact McNemar p (only sens-sens / only the other arm "
-              "correct); bpb difference other - sens-sens (positive: sens-sens predicts the gold answer better), "
-              "paired bootstrap CI, Wilcoxon p, and the larger seed sd of the two arms.", "",
-              "| arm | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
-    separated, compared = [], 0  # sens-sens vs another arm: paired CI excludes 0 and |difference| > 2 seed sd
-    for arm, t in tests.items():
-        cells = []
-        for b in benches:
-            sds = [r["benchmarks"].get(b, {}).get("bpb", {}).get("sd") for r in (arm_results[arm],
-                                                                                  arm_results["sens-sens"])]
-            sds = [s for s in sds if s is not None]
-            mc, diff = fmt_tests(t.get(b), max(sds) if sds else None)
-            cells.append("; ".join(x for x in (f"McNemar {mc}" if mc else "", diff) if x))
-            d = t.get(b, {}).get("bpb_diff")
-            if d and arm != "base":
-                compared += 1
-                if (d["ci95"][0] > 0 or d["ci95"][1] < 0) and abs(d["mean"]) > 2 * max(sds, default=0):
-                    separated.append(f"{arm} on {b} ({d['mean']:+.4f})")
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    if compared:
-        lines += ["", f"Of the {compared} bpb comparisons of sens-sens with the other paper arms, {len(separated)} have a "
-                  "95% paired CI that excludes zero and a difference larger than 2 seed sd"
-                  + (": " + ", ".join(separated) + "." if separated else ".")]
-    write_atomic(out_dir / "comparison.md", "\n".join(lines) + "\n")
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(benches)), 4))
-    width = 0.8 / len(arm_results)
-    metric = "accuracy" if any("accuracy" in first["benchmarks"].get(b, {}) for b in benches) else "bpb"
-    for i, (arm, r) in enumerate(arm_results.items()):
-        rs = [r["benchmarks"].get(b, {}) for b in benches]
-        val = [x["accuracy"] if metric == "accuracy" else x["bpb"]["mean"] if "bpb" in x else np.nan for x in rs]
-        ci = [x.get("ci95") if metric == "accuracy" else x.get("bpb", {}).get("ci95") for x in rs]
-        ci = [c or [np.nan, np.nan] for c in ci]
-        ax.bar(np.arange(len(benches)) + (i - (len(arm_results) - 1) / 2) * width, val, width, capsize=2, label=arm,
-               yerr=[[v - c[0] for v, c in zip(val, ci)], [c[1] - v for v, c in zip(val, ci)]])
-    ax.set_xticks(np.arange(len(benches)), benches)
-    ax.set_ylabel(f"{metric} with 95% CI")
-    ax.set_title(f"LS-LoRA x GARFA cross-layer ablation, {model}, n={first['benchmarks'][benches[0]].get('n')}/benchmark")
-    ax.legend(fontsize=8)
-    write_atomic(out_dir / "comparison.png", png_bytes(fig))
-
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(benches)), 4))
-    width = 0.8 / max(1, len(tests))
-    for i, (arm, t) in enumerate(tests.items()):
-        d = [t.get(b, {}).get("bpb_diff") for b in benches]
-        mean = [x["mean"] if x else np.nan for x in d]
-        lo = [m - x["ci95"][0] if x else np.nan for m, x in zip(mean, d)]
-        hi = [x["ci95"][1] - m if x else np.nan for m, x in zip(mean, d)]
-        ax.errorbar(np.arange(len(benches)) + (i - (len(tests) - 1) / 2) * width, mean, yerr=[lo, hi], fmt="o",
-                    capsize=3, label=f"{arm} - sens-sens")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(np.arange(len(benches)), benches)
-    ax.set_ylabel("paired bpb difference, 95% CI")
-    n = first["benchmarks"][benches[0]].get("bpb", {}).get("n") if benches else None
-    seeds = len(first.get("seeds", [])) or 1
-    ax.set_title(f"Gold bits per byte: other arm minus sens-sens\n{model}, {n} items per benchmark, "
-                 f"{seeds} seed(s) per arm (per-item mean over seeds)", fontsize=10)
-    ax.legend(fontsize=8)
-    write_atomic(out_dir / "bpb_differences.png", png_bytes(fig))
 
 
 def phase_line(job, arms, out, scores_cached: bool, base_cached: bool) -> str:

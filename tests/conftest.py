@@ -1,6 +1,6 @@
 """Tiny random-weight Llama models shared by the tests.
 
-Sized so every feature moves the logits well past the 1e-4 tolerance (STYLE.md, "a parity test must be able to
+Sized so every feature moves the logits well past the 1e-4 tolerance ("a parity test must be able to
 fail"): weights with std 0.2, head_dim >= 12, 8 query heads over 2 KV heads, and sequences longer than the
 Llama 3.1 scaling's `original_max_position_embeddings`.
 """
@@ -27,7 +27,7 @@ LLAMA3_SCALING = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_
                       original_max_position_embeddings=64)
 
 
-TOL = 1e-4  # two correct fp32 implementations differ by ~1e-5 (STYLE.md)
+TOL = 1e-4  # two correct fp32 implementations differ by ~1e-5
 
 
 def reference(module: str):

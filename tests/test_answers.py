@@ -239,6 +239,50 @@ def test_extract_number(text, expected):
     assert extract_number(text) == expected
 
 
+@pytest.mark.parametrize("text, gold, equal", [
+    ("The answer is 12. Some might say 15, but 12 is right.", "12", True),
+    ("The answer is 12. Some might say 15, but 12 is right.", "15", False),
+    ("#### 30\nA naive reading gives 40.", "30", True), ("#### 30\nA naive reading gives 40.", "40", False),
+    ("The final answer is 7, not 8.", "7", True), ("The final answer is 7, not 8.", "8", False),
+    ("\\boxed{9}. (10 if you count the teacher.)", "9", True), ("\\boxed{9}. (10 with the teacher.)", "10", False),
+    ("Answer: 100. A common mistake is 1000.", "100", True), ("Answer: 100. A common mistake is 1000.", "1000", False),
+    ("Final answer: 45\nCheck: 45 + 15 = 60, 60 / 3 = 20.", "45", True),
+    ("Final answer: 45\nCheck: 45 + 15 = 60, 60 / 3 = 20.", "20", False),
+    ("The answer is -4 degrees; it was 6 at noon.", "-4", True), ("The answer is -4 degrees; it was 6.", "6", False),
+    ("The answer is 25%, that is 50 of 200 students.", "25", True),
+    ("The answer is 25%, i.e. 50 of 200.", "200", False),
+    ("The answer is **21** miles. Next week he plans 28.", "21", True),
+    ("The answer is $\\boxed{84}$ since 12 * 7 = 84, against 80 last week.", "84", True),
+    ("I think the answer is 17.\nWait: 9 + 9 = 18. The answer is 18.", "18", True),  # the last statement counts
+    ("I think the answer is 17.\nWait: 9 + 9 = 18. The answer is 18.", "17", False),
+    ("The answer is:\n\n$1,250", "1250", True), ("The answer is 2.5, so rounding gives 3.", "3", False),
+])
+def test_a_stated_answer_wins_over_later_numbers(text, gold, equal):
+    assert number_equal(extract_number(text), gold) == equal
+
+
+@pytest.mark.parametrize("pred, gold, equal", [
+    # MATH's own answer field: matrix rows cut by a single backslash
+    ("\\begin{pmatrix}6\\3\\0\\end{pmatrix}", "\\begin{pmatrix} 6 \\\\ 3 \\\\ 0 \\end{pmatrix}", True),
+    ("\\begin{pmatrix}2&0\\-3&5\\end{pmatrix}", "\\begin{pmatrix} 2 & 0 \\\\ -3 & 5 \\end{pmatrix}", True),
+    ("\\begin{pmatrix} 1 & 2 \\ 3 & 4 \\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", True),
+    ("\\begin{pmatrix}2&0\\-3&5\\end{pmatrix}", "\\begin{pmatrix} 2 & 0 \\\\ 3 & 5 \\end{pmatrix}", False),
+    ("\\begin{pmatrix}6\\3\\0\\end{pmatrix}", "\\begin{pmatrix} 6 & 3 & 0 \\end{pmatrix}", False),
+    # letter lists wrapped in \text{}
+    ("\\text{A,D}", "A, D", True), ("\\text{B, E, G}", "B,E,G", True), ("\\text{(A), (C)}", "A, C", True),
+    ("\\text{A,C}", "A, D", False), ("\\text{A,C}", "A", False), ("\\text{A, C}", "\\text{A, C, E}", False),
+    # \mbox units with a power, on one side only or on both
+    ("144 \\mbox{ m}^3", "144", True), ("15\\mbox{ cm}^2", "15\\text{ square cm}", True),
+    ("8\\text{ cubic feet}", "8\\mbox{ feet}^3", True), ("144 \\mbox{ m}^3", "144 \\mbox{ m}^2", False),
+    ("144 \\mbox{ m}^3", "145", False),
+    # a thousands separator with a space after the comma
+    ("111, \\! 111, \\! 111", "111111111", True), ("111, \\! 111, \\! 111", "111111112", False),
+    ("111, \\! 111, \\! 111", "111, 111, 111", False),
+])
+def test_math_answer_field_forms(pred, gold, equal):
+    assert both_ways(pred, gold) == (equal, equal)
+
+
 def test_numbers_compare_exactly():
     assert number_equal("18.00", "18") and number_equal(".25", "0.25") and number_equal("7/2", "3.5")
     assert number_equal("-$5", "-5") and number_equal("\u22125", "-5") and number_equal("1,234", "1234")

@@ -78,3 +78,40 @@ def test_bench_options_that_would_time_nothing_are_one_line_errors():
         done = subprocess.run([sys.executable, "-m", "tools.bench", *argv], cwd=root, capture_output=True, text=True)
         assert done.returncode == 2 and done.stderr.strip().splitlines() == [
             f"error: {expected} (python -m tools.bench --help lists every option)"], done.stderr
+
+
+def test_bench_mistakes_are_one_line_and_never_overwrite_a_users_file(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    for argv, expected in ((["--threads", "0"], "error: --threads 0: give at least 1"),
+                           (["--out", str(notes)], f"error: --out {notes} exists and is not a bench result"),
+                           (["--model", str(tmp_path / "absent")], f"error: --model {tmp_path / 'absent'}: no such")):
+        done = subprocess.run([sys.executable, "-m", "tools.bench", "--quick", *argv], cwd=root, capture_output=True,
+                              text=True)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), done.stderr
+    assert notes.read_text() == "my notes\n"
+
+
+def test_out_may_replace_only_a_bench_result(tmp_path):
+    import json
+
+    import pytest
+    from support.files import UserError
+    from tools.bench import check_out, write_json
+
+    out = tmp_path / "bench.json"
+    check_out(out)  # a new path
+    write_json(out, dict(settings={}, sides=["ours", "hf"]))
+    write_json(out, dict(settings={"seed": "1"}, sides=["ours", "hf"]))  # its own earlier result
+    assert json.loads(out.read_text())["settings"] == {"seed": "1"}
+    for content in ("not json", json.dumps({"sides": []}), json.dumps([1, 2])):
+        out.write_text(content)
+        with pytest.raises(UserError, match="exists and is not a bench result"):
+            write_json(out, dict(settings={}, sides=[]))
+        assert out.read_text() == content

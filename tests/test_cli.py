@@ -1,4 +1,4 @@
-"""The command-line edge (issue 17): a user mistake is one line and exit code 2, checked before any work; no run
+"""The command-line edge: a user mistake is one line and exit code 2, checked before any work; no run
 overwrites what it did not make; a damaged download, extraction or checkpoint is named, never used.
 
 Most checks call `cli.run(module.main, argv)` in-process; a subprocess is used where only a real process shows the
@@ -145,7 +145,7 @@ def test_compile_without_a_cpp_compiler_is_one_line_before_any_work(name, tiny, 
 
 @pytest.mark.parametrize("main, argv, expected", [
     ("sensitivity", ["--multiverse", "--calib-seeds", "x"], "argument --calib-seeds: invalid comma_ints value: 'x'"),
-    ("tools.readme", ["--curve"], "argument --curve: expected one argument"),
+    ("tools.readme", ["--main"], "argument --main: expected one argument"),
 ])
 def test_the_other_commands_parse_mistakes_are_one_line_too(main, argv, expected, capsys):
     module = importlib.import_module(main)
@@ -216,6 +216,10 @@ MODEL_MISTAKES = {
     "missing shard": (split_into_shards, ["model.safetensors.index.json", "model-00002-of-00002.safetensors",
                                           "download the model again"]),
     "missing tokenizer.json": (lambda d: (d / "tokenizer.json").unlink(), ["missing tokenizer.json"]),
+    "tokenizer.json not a tokenizer": (lambda d: (d / "tokenizer.json").write_text('{"model": 1}'),
+                                       ["tokenizer.json is not a tokenizer", "copy the model's tokenizer.json"]),
+    "malformed tokenizer_config.json": (lambda d: (d / "tokenizer_config.json").write_text("{"),
+                                        ["tokenizer_config.json is not valid JSON"]),
 }
 
 
@@ -359,7 +363,7 @@ def test_an_unwritable_out_is_one_line(tiny, tmp_path, capsys, no_work):
 def test_ctrl_c_during_evaluation_is_a_short_line_with_what_to_do(tiny, tmp_path):
     out = tmp_path / "eval"
     proc = subprocess.Popen([sys.executable, "evaluate.py", "--model", str(tiny), "--out", str(out), "--benchmarks",
-                             "math500", "--limit", "0", "--batch-size", "1", "--max-new-tokens", "256"],
+                             "math500", "--batch-size", "1", "--max-new-tokens", "256"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={k: v for k, v in os.environ.items() if k != cli.DEBUG_ENV})
     seen = ""
@@ -497,3 +501,11 @@ def test_claim_output_takes_a_config_only_directory_and_refuses_a_changed_resume
             pass
     assert json.loads((out / "config.json").read_text()) == {"arm": "b", "steps": 2}
     assert (out / "scores.json").read_text() == "{}"
+
+
+def test_a_benchmark_not_run_is_recorded_without_the_machines_paths(tmp_path):
+    from support.files import ROOT
+
+    results = evaluate.evaluate_model(tiny_model(), None, evaluate.EvalOptions(benchmarks=("gpqa",)), tmp_path)
+    assert results["gpqa"]["status"] == "not run" and "data/gpqa/gpqa_diamond.csv" in results["gpqa"]["why"]
+    assert str(ROOT) not in results["gpqa"]["why"]

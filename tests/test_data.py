@@ -1,5 +1,8 @@
-"""data.py: benchmark counts from the pinned wheels, user-supplied GPQA/MGSM, and the train/eval separation."""
+"""data.py: benchmark counts from the pinned wheels, user-supplied GPQA/MGSM/HumanEval+ files checked when read, and
+the train/eval separation."""
 import csv
+import gzip
+import json
 
 import pytest
 
@@ -148,3 +151,87 @@ def test_mgsm_from_user_tsv_files(tmp_path):
 def test_unknown_benchmark_names_the_valid_ones():
     with pytest.raises(ValueError, match="arc_challenge"):
         load_benchmark("arc")
+
+
+def test_mgsm_files_are_checked_when_read_encoding_and_numeric_golds(tmp_path):
+    (tmp_path / "latin").mkdir()
+    (tmp_path / "latin" / "mgsm_fr.tsv").write_bytes("Combien coûte\t4\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"mgsm_fr.tsv: not UTF-8 text \(byte 11\)"):
+        load_benchmark("mgsm", mgsm_dir=tmp_path / "latin")
+    (tmp_path / "gold").mkdir()
+    (tmp_path / "gold" / "mgsm_en.tsv").write_text("Two plus two?\t4\nThree?\tthree\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"mgsm_en.tsv:2: the answer 'three' is not a number"):
+        load_benchmark("mgsm", mgsm_dir=tmp_path / "gold")
+
+
+def test_gpqa_record_with_an_empty_answer_is_refused(tmp_path):
+    path = write_gpqa(tmp_path / "gpqa.csv")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[3] = lines[3].replace(",3,", ",,")  # record 3's correct answer ("3") emptied
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match="record 3 has an empty 'Correct Answer'"):
+        load_benchmark("gpqa", gpqa_csv=path)
+    path.write_bytes("Question,Correct Answer\n\xe9t\xe9,1\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not a readable csv"):
+        load_benchmark("gpqa", gpqa_csv=path)
+
+
+# A hand-made file in EvalPlus's HumanEvalPlus format (task_id, prompt, entry_point, canonical_solution, base_input,
+# plus_input, atol, and fields this project does not read: contract, test).
+FIND_ZERO_PROMPT = ('import math\n\n\ndef poly(xs: list, x: float):\n    return sum(c * math.pow(x, i) for i, c in '
+                    'enumerate(xs))\n\n\ndef find_zero(xs: list):\n    """A zero of the polynomial xs."""\n')
+FIND_ZERO = ("    lo, hi = -1.0, 1.0\n    while poly(xs, lo) * poly(xs, hi) > 0:\n        lo, hi = lo * 2, hi * 2\n"
+             "    while hi - lo > 1e-10:\n        mid = (lo + hi) / 2\n"
+             "        if poly(xs, mid) * poly(xs, lo) > 0:\n            lo = mid\n        else:\n            hi = mid\n"
+             "    return lo\n")
+PLUS_TASKS = [
+    dict(task_id="HumanEval/0", entry_point="add", prompt='def add(a: int, b: int) -> int:\n    """a + b"""\n',
+         canonical_solution="    return a + b\n", base_input=[[1, 2], [3, 4]], plus_input=[[1000, 1], [-5, 5]], atol=0),
+    dict(task_id="HumanEval/1", entry_point="mean", prompt='def mean(xs: list) -> float:\n    """The mean."""\n',
+         canonical_solution="    return sum(xs) / len(xs)\n", base_input=[[[1.0, 2.0]]], plus_input=[[[0.1, 0.2, 0.7]]],
+         atol=0),
+    dict(task_id="HumanEval/32", entry_point="find_zero", prompt=FIND_ZERO_PROMPT, canonical_solution=FIND_ZERO,
+         base_input=[[[-6, 11, -6, 1]]], plus_input=[[[-2, 1]], [[1, 1]]], atol=1e-6),
+]
+
+
+def write_humaneval_plus(path, tasks=PLUS_TASKS, gz=False):
+    text = "".join(json.dumps(t | dict(contract="", test="")) + "\n" for t in tasks)
+    path.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
+    return path
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_humaneval_plus_from_evalplus_jsonl_gzipped_or_not(tmp_path, gz):
+    path = write_humaneval_plus(tmp_path / "HumanEvalPlus.jsonl.gz", gz=gz)  # the name does not decide
+    items = load_benchmark("humaneval_plus", humaneval_plus=path)
+    assert [x["id"] for x in items] == ["HumanEval/0", "HumanEval/1", "HumanEval/32"]
+    assert items[0]["plus_input"] == [[1000, 1], [-5, 5]] and items[2]["atol"] == 1e-6
+    with pytest.raises(BenchmarkUnavailable, match="--humaneval-plus"):
+        load_benchmark("humaneval_plus")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: t.pop("plus_input"), r":2: no plus_input"),
+    (lambda t: t.update(base_input=[1, 2]), r":2: base_input is not a list of argument lists"),
+    (lambda t: t.update(atol="small"), r":2: atol 'small' is not a tolerance"),
+    (lambda t: t.update(canonical_solution="    return (\n"), r":2: the prompt and canonical solution do not compile"),
+    (lambda t: t.update(entry_point="median"), r":2: the canonical solution defines no median\(\)"),
+])
+def test_humaneval_plus_file_mistakes_are_one_line_naming_the_task_line(tmp_path, damage, message):
+    tasks = [dict(t) for t in PLUS_TASKS]
+    damage(tasks[1])
+    with pytest.raises(UserError, match=message):
+        load_benchmark("humaneval_plus", humaneval_plus=write_humaneval_plus(tmp_path / "he.jsonl", tasks))
+
+
+def test_humaneval_plus_unreadable_files(tmp_path):
+    for name, content, message in (("latin.jsonl", '{"prompt": "\xe9"}\n'.encode("latin-1"), "not UTF-8 text"),
+                                   ("cut.jsonl.gz", gzip.compress(b"{}\n")[:-6], "a damaged gzip file"),
+                                   ("text.jsonl", b'{"task_id": "HumanEval/0",\n', r"text.jsonl:1: not a JSON line"),
+                                   ("empty.jsonl", b"\n", "holds no tasks")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UserError, match=message):
+            load_benchmark("humaneval_plus", humaneval_plus=tmp_path / name)
+    with pytest.raises(UserError, match="missing.jsonl: no such file"):
+        load_benchmark("humaneval_plus", humaneval_plus=tmp_path / "missing.jsonl")

@@ -33,7 +33,9 @@ def test_options_are_checked_at_the_boundary():
                          (dict(max_new_tokens=0), "--max-new-tokens 0"), (dict(timeout=0), "--timeout 0")):
         with pytest.raises(UserError, match=message):
             EvalOptions(**bad)
-    assert EvalOptions(limit=0).limit is None  # 0 means every item
+    for limit in (0, -3):  # not "every item" (leave --limit out for that), never silently the whole benchmark
+        with pytest.raises(UserError, match=f"--limit {limit}: give a positive number of items"):
+            EvalOptions(limit=limit)
 
 
 def human_eval_with_execution():
@@ -203,3 +205,151 @@ def test_cli_rejects_unknown_benchmarks_listing_valid_ones(capsys):
         build_parser().parse_args(["--benchmarks", "mmlu,mmlu_pro"])
     assert "mmlu_pro" in capsys.readouterr().err
     assert build_parser().parse_args(["--benchmarks", "gpqa,humaneval"]).benchmarks == ("gpqa", "humaneval")
+
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HumanEval+: differential testing against the canonical solution, as EvalPlus does it
+
+PLUS_CANDIDATES = {  # task -> solutions (the prompt's body) that pass, fail the base tests, or fail only plus tests
+    "HumanEval/0": ["    return a + b\n", "    return a + b if a < 100 else 0\n", "    return a - b\n",
+                    "    while True:\n        pass\n", "    raise SystemExit(0)\n"],
+    "HumanEval/1": ["    return sum(xs) / len(xs) + 1e-9\n", "    return sum(xs) / len(xs) + 1e-3\n",
+                    "    return int(sum(xs) / len(xs))\n", "    xs.append(0.0)\n    return sum(xs) / (len(xs) - 1)\n"],
+    "HumanEval/32": ["    return 3.0 if len(xs) == 4 else -xs[0] / xs[1]\n", "    return 3.0\n"],
+}
+
+
+def plus_verdict(item, body):
+    """(passed base, passed base and plus) of one solution body, as this project grades it."""
+    record = evaluate.grade("code", [item | {"id": item["task_id"]}], [body], EvalOptions(), False)[0]
+    return record["base_passed"], record["correct"]
+
+
+def test_humaneval_plus_verdicts_agree_with_evalplus(monkeypatch):
+    """Base and base+plus verdicts of each candidate against EvalPlus's own checker (untrusted_check on the outputs
+    of its trusted_exec), per-input time limits shortened alike so the endless loop is quick."""
+    evalplus_eval = reference("evalplus.eval")
+    trusted_exec = reference("evalplus.gen.util").trusted_exec
+    from support import tasks
+    from test_data import PLUS_TASKS
+
+    monkeypatch.setattr(tasks, "PLUS_MIN_SECONDS", 0.5)
+    seen = set()
+    for item in PLUS_TASKS[:2]:
+        for body in PLUS_CANDIDATES[item["task_id"]]:
+            theirs = {}
+            for kind in ("base", "plus"):
+                expected, seconds = trusted_exec(item["prompt"] + item["canonical_solution"], item[f"{kind}_input"],
+                                                 item["entry_point"], record_time=True)
+                theirs[kind] = evalplus_eval.untrusted_check(
+                    "humaneval", item["prompt"] + body, item[f"{kind}_input"], item["entry_point"], expected,
+                    item["atol"], seconds, min_time_limit=0.5)[0] == "pass"
+            assert plus_verdict(item, body) == (theirs["base"], theirs["base"] and theirs["plus"]), body
+            seen.add(plus_verdict(item, body))
+    assert seen == {(True, True), (True, False), (False, False)}  # passing base and failing plus included
+
+
+def test_find_zero_passes_any_zero_of_the_polynomial():
+    """EvalPlus's special oracle for HumanEval/32: a solution passes at any point where the polynomial is within atol
+    of zero, not only at the canonical solution's root. (EvalPlus 0.3.1 as released fails every find_zero solution:
+    its oracle skips recording the pass, fixed on its main branch; so this task is checked against the rule.)"""
+    from test_data import PLUS_TASKS
+
+    item = PLUS_TASKS[2]  # base: roots 1, 2, 3 (the canonical bisection finds 1); plus: roots 2 and -1
+    assert plus_verdict(item, PLUS_CANDIDATES["HumanEval/32"][0]) == (True, True)
+    assert plus_verdict(item, PLUS_CANDIDATES["HumanEval/32"][1]) == (True, False)
+    assert plus_verdict(item, "    return 1.5\n") == (False, False)
+
+
+def test_humaneval_plus_end_to_end_from_the_users_file(tmp_path, monkeypatch):
+    """--humaneval-plus FILE: scored as humaneval_plus (a row of its own beside the stand-in), each record with its
+    base verdict; the outputs are those of the tiny model, so a passing solution is planted through generation."""
+    from test_data import PLUS_TASKS, write_humaneval_plus
+
+    path = write_humaneval_plus(tmp_path / "HumanEvalPlus.jsonl.gz", gz=True)
+    planted = {0: "    return a + b\n", 1: "    return sum(xs) / len(xs) + 1e-3\n", 2: "    return 3.0\n"}
+    monkeypatch.setattr(evaluate, "generate_until", lambda model, tok, prompts, *a, **k: [
+        planted[i] for i in range(len(prompts))])
+    opts = EvalOptions(benchmarks=("humaneval", "humaneval_plus"), limit=3, humaneval_plus=str(path),
+                       code_format="completion")
+    results = evaluate_model(tiny_model(), WordTokenizer(), opts, out_dir=tmp_path / "out")
+    assert results["humaneval_plus"]["n"] == 3 and results["humaneval_plus"]["accuracy"] == pytest.approx(1 / 3)
+    assert "note" not in results["humaneval_plus"] and "stand-in" in results["humaneval"]["note"]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "predictions" / "humaneval_plus.jsonl").open()]
+    assert [(r["id"], r["correct"], r["base_passed"]) for r in rows] == [
+        ("HumanEval/0", True, True), ("HumanEval/1", False, False), ("HumanEval/32", False, True)]
+    assert rows[2]["prediction"].endswith("AssertionError: plus input 0 of 2: wrong output")
+    assert rows[0]["gold_text"] == PLUS_TASKS[0]["canonical_solution"]
+    assert "--humaneval-plus" in evaluate_model(tiny_model(), WordTokenizer(), EvalOptions(
+        benchmarks=("humaneval_plus",)))["humaneval_plus"]["why"]  # no file: not run, and says which option
+
+
+def test_a_bad_user_file_or_limit_stops_evaluate_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(evaluate, "ensure_model", no_model)
+    (tmp_path / "mgsm").mkdir()
+    (tmp_path / "mgsm" / "mgsm_en.tsv").write_text("Two plus two?\tfour\n", encoding="utf-8")
+    (tmp_path / "he.jsonl").write_text('{"task_id": "HumanEval/0"}\n', encoding="utf-8")
+    for argv, message in ((["--mgsm-dir", str(tmp_path / "mgsm")], "the answer 'four' is not a number"),
+                          (["--humaneval-plus", str(tmp_path / "he.jsonl")], "he.jsonl:1: no prompt"),
+                          (["--limit", "0"], "--limit 0: give a positive number")):
+        with pytest.raises(UserError, match=message):
+            evaluate.main(argv + ["--out", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_damaged_adapter_stops_evaluate_before_the_model_loads(tmp_path, monkeypatch):
+    from lora import apply_lora, save_adapter
+
+    model = tiny_model()
+    apply_lora(model, [1], r=4)
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(0.5)
+    save_adapter(model, tmp_path / "adapter")
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF  # a tensor byte; the header stays intact
+    weights.write_bytes(bytes(data))
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the adapter was checked")
+
+    monkeypatch.setattr(evaluate, "ensure_model", lambda path: tmp_path)
+    monkeypatch.setattr(evaluate.Transformer, "from_pretrained", no_model)
+    with pytest.raises(UserError, match="adapter_model.safetensors: its tensors do not match the checksum"):
+        evaluate.main(["--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("family, text, complete", [
+    ("math", "so x = 2, \\boxed{\\frac{1}{2}} is", True), ("math", "so \\boxed{\\frac{1}{2}", False),
+    ("math", "The answer is 5.\n", False),  # math is graded on \boxed{} only
+    ("gsm", "The answer is 18. Then", True), ("gsm", "The answer is 3.", False),  # "3." may go on to "3.5"
+    ("gsm", "The answer is 3.5.\n", True), ("gsm", "#### 1,000\n", True), ("gsm", "answer: $1,000.\nQ", True),
+    ("gsm", "So 3 + 4 = 7. Then 7 more.", False), ("gsm", "The answer is twelve. ", False),
+    ("code", "The answer is 18. Then", False)])
+def test_an_answer_is_complete_once_it_is_stated_in_full(family, text, complete):
+    from support.tasks import answer_complete
+
+    assert answer_complete(family, text) is complete
+
+
+def test_stop_at_answer_ends_generation_only_when_asked(monkeypatch):
+    seen = []
+    monkeypatch.setattr(evaluate, "generate_until", lambda model, tok, prompts, finished, *a, **k: (
+        seen.append(finished("The answer is 18. Then")) or ["The answer is 18. Then"] * len(prompts)))
+    for stop in (False, True):
+        opts = EvalOptions(benchmarks=("mgsm_en",), limit=2, metrics=("acc",), stop_at_answer=stop)
+        evaluate.evaluate_benchmark(tiny_model(), WordTokenizer(), "mgsm_en", load_benchmark("mgsm_en")[:2], opts, 2)
+    assert seen == [False, True]
+
+
+def test_length_batches_sort_stably_and_keep_a_token_budget():
+    from support.batching import length_batches
+
+    assert length_batches([3, 5, 3, 1], 2) == [[1, 0], [2, 3]]
+    assert length_batches([3, 5, 3, 1], 2, longest_first=False) == [[3, 0], [2, 1]]
+    assert length_batches([4, 4, 4, 2], 3, max_tokens=8) == [[0, 1], [2, 3]]  # a third row of 4 would pad to 12

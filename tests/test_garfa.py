@@ -1,4 +1,4 @@
-"""garfa.py: per-KV-head RoPE frequency multipliers (SPEC 4.6), alone and next to LS-LoRA."""
+"""garfa.py: per-KV-head RoPE frequency multipliers (METHOD 4.6), alone and next to LS-LoRA."""
 import math
 
 import pytest
@@ -49,7 +49,7 @@ def test_gradients_reach_every_log_scale():
         grad = model.layers[layer].self_attn.rope_freqs.log_scale.grad
         assert grad is not None and (grad.abs() > 0).all(), (layer, grad)
     assert all(p.grad is None for n, p in model.named_parameters() if not n.endswith("log_scale"))
-    # At identity too (this is the RoPE-influence score of SPEC 4.3).
+    # At identity too (this is the RoPE-influence score of METHOD 4.3).
     fresh = base_model()
     apply_garfa(fresh, [0, 1, 2])
     completion_loss(fresh, batch()).backward()
@@ -135,7 +135,7 @@ def test_garfa_file_round_trip(tmp_path):
 
 
 def test_bf16_model_keeps_log_scale_in_float32():
-    """bf16 is a smoke test (two correct bf16 runs differ by up to ~0.5, STYLE.md)."""
+    """bf16 is a smoke test (two correct bf16 runs differ by up to ~0.5)."""
     model, tokens = base_model().to(torch.bfloat16), batch(length=32)
     apply_garfa(model, [1])
     set_log_scales_(model)

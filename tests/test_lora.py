@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import (LLAMA3_SCALING, TOL, adamw_losses, reference, base_model, batch, completion_loss, default_model_dir,
@@ -11,6 +12,7 @@ from garfa import GARFA_FILE, apply_garfa, garfa_layers
 from lora import (DEFAULT_TARGETS, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, TARGETS, DroppedDown, LoRALinear, apply_lora,
                   count_trainable, keep_mask, load_adapter, lora_layers, lora_modules, merge_lora, save_adapter,
                   unmerge_lora)
+from support.files import TENSORS_SHA256, save_tensors, tensors_sha256
 
 
 def randomize_lora_(model, seed=0, std=0.1):
@@ -157,12 +159,12 @@ def test_a_few_adamw_steps_reduce_the_loss(adapter):
     else:
         apply_garfa(model, [0, 1, 2])
     model.train()
-    losses = adamw_losses(model, tokens, lr=1e-2)  # SPEC: GARFA lr 1e-2, no weight decay
+    losses = adamw_losses(model, tokens, lr=1e-2)  # METHOD 4.6: GARFA lr 1e-2, no weight decay
     assert losses[-1] < losses[0] - 0.1, losses
 
 
 def test_bf16_forward_keeps_lora_in_float32():
-    """bf16 is a smoke test (two correct bf16 runs differ by up to ~0.5, STYLE.md)."""
+    """bf16 is a smoke test (two correct bf16 runs differ by up to ~0.5)."""
     fp32, tokens = lora_model(), batch(length=32)
     expected = logits(fp32, tokens)
     bf16 = lora_model().to(torch.bfloat16)
@@ -269,6 +271,24 @@ def _edit_tensors(name, edit_state):
     return edit
 
 
+def _damage(name):
+    """One byte of the last tensor changed, the header and the size intact: what a bad copy does."""
+    def edit(d):
+        raw = bytearray((d / name).read_bytes())
+        raw[-1] ^= 0x40
+        (d / name).write_bytes(bytes(raw))
+    return edit
+
+
+def _non_finite(name, key):
+    """A NaN written by this project's own writer, so its checksum is right and only the value is wrong."""
+    def edit(d):
+        state = load_file(d / name)
+        state[key] = state[key].clone().index_fill_(0, torch.tensor([0]), float("nan"))
+        save_tensors(state, d / name)
+    return edit
+
+
 KEY = "base_model.model.model.layers.2.mlp.down_proj.lora_B.weight"
 BAD_ADAPTERS = {
     "missing_dir": (lambda d: __import__("shutil").rmtree(d), ValueError, "adapter directory .* not found"),
@@ -297,6 +317,13 @@ BAD_ADAPTERS = {
                           ValueError, r"garfa.safetensors: 'layers.1.log_scale' of shape \(3,\) does not fit"),
     "garfa_corrupt": (lambda d: (d / GARFA_FILE).write_bytes(b"nonsense"), ValueError,
                       "garfa.safetensors: not a readable safetensors file"),
+    "lora_damaged": (_damage(PEFT_WEIGHTS_FILE), ValueError,
+                     "adapter_model.safetensors: its tensors do not match the checksum in its header"),
+    "garfa_damaged": (_damage(GARFA_FILE), ValueError,
+                      "garfa.safetensors: its tensors do not match the checksum in its header"),
+    "lora_nan": (_non_finite(PEFT_WEIGHTS_FILE, KEY), ValueError, f"'{KEY}' holds NaN or infinite values"),
+    "garfa_nan": (_non_finite(GARFA_FILE, "layers.1.log_scale"), ValueError,
+                  "'layers.1.log_scale' holds NaN or infinite values"),
 }
 
 
@@ -352,6 +379,8 @@ def test_peft_loads_our_adapter_with_the_same_logits(tmp_path, targets):
     hf = hf_twin(tmp_path, base_model(), tiny_hf_config(rope_scaling=LLAMA3_SCALING))
     model, tokens = lora_model(layers=(0, 2), targets=targets), batch()
     save_adapter(model, tmp_path / "adapter")
+    with safe_open(str(tmp_path / "adapter" / PEFT_WEIGHTS_FILE), "pt") as f:  # the checksum PEFT must read past
+        assert f.metadata()[TENSORS_SHA256] == tensors_sha256(load_file(tmp_path / "adapter" / PEFT_WEIGHTS_FILE))
     expected = logits(model, tokens)
     peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
     with torch.no_grad():
@@ -361,7 +390,7 @@ def test_peft_loads_our_adapter_with_the_same_logits(tmp_path, targets):
         assert (peft_model(tokens).logits - expected).abs().max() > 100 * TOL
 
 
-def test_our_loader_reads_a_peft_made_adapter(tmp_path):
+def test_our_loader_reads_a_peft_made_adapter(tmp_path, capsys):
     peft = reference("peft")
     model = base_model()
     hf = hf_twin(tmp_path, model, tiny_hf_config(rope_scaling=LLAMA3_SCALING))
@@ -375,6 +404,7 @@ def test_our_loader_reads_a_peft_made_adapter(tmp_path):
     with torch.no_grad():
         expected = peft_model(tokens).logits
     assert load_adapter(model, tmp_path / "peft")["lora_layers"] == [1, 2]
+    assert "carries no checksum of its tensors" in capsys.readouterr().err  # loaded, with a note
     assert set(lora_modules(model)) == {(l, t) for l in (1, 2) for t in ("q_proj", "o_proj", "up_proj")}
     assert (logits(model, tokens) - expected).abs().max() < TOL
     assert (logits(base_model(), tokens) - expected).abs().max() > 100 * TOL

@@ -243,7 +243,7 @@ def test_from_pretrained_dtype_and_tied_head(tmp_path):
     assert model.inv_freq.dtype == torch.float32  # RoPE angles stay in float32 under a bf16 model
     fp32 = Transformer.from_pretrained(path)
     tokens = torch.randint(0, 96, (1, 32))
-    with torch.no_grad():  # bf16 is a smoke test: two correct bf16 runs differ by up to ~0.5 (STYLE.md)
+    with torch.no_grad():  # bf16 is a smoke test: two correct bf16 runs differ by up to ~0.5
         assert (model(tokens).float() - fp32(tokens)).abs().max() < 1.0
 
 

@@ -20,6 +20,7 @@ from tokenizers import pre_tokenizers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import prepare  # noqa: E402
 from conftest import reference, tiny_hf_config  # noqa: E402
+from support import files  # noqa: E402
 from support.files import UserError  # noqa: E402
 
 
@@ -194,6 +195,45 @@ def test_a_truncated_or_edited_prepared_file_is_rebuilt(fake_conversion):
     assert prepare.is_prepared(model_dir) and not prepare.is_prepared(model_dir, full=True)
 
 
+def test_bytes_damaged_in_place_are_converted_again_at_the_next_use(fake_conversion, monkeypatch, capsys):
+    monkeypatch.setattr(files, "HASH_CACHE", prepare.DEFAULT_MODEL_DIR.parent / "sha256.json")
+    model_dir = prepare.prepare_model(prepare.DEFAULT_MODEL_DIR)
+    prepare.ensure_model()
+    assert len(fake_conversion) == 1
+    (model_dir / "config.json").write_text("[]")  # same size, other bytes: never loaded
+    assert prepare.ensure_model() == model_dir and len(fake_conversion) == 2
+    assert "its files differ from what was converted" in capsys.readouterr().out
+    assert (model_dir / "config.json").read_text() == "{}"
+
+
+def test_sha256_cached_rehashes_a_file_whose_bytes_changed_even_with_its_mtime_restored(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "HASH_CACHE", tmp_path / "cache" / "sha256.json")
+    monkeypatch.setattr(files, "RACY_NS", -10**12)  # cache even a file written just now
+    hashed = []
+    monkeypatch.setattr(files, "sha256_of", lambda p, _f=files.sha256_of: hashed.append(p) or _f(p))
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"a" * 1000)
+    first = files.sha256_cached(path)
+    assert files.sha256_cached(path) == first and len(hashed) == 1  # unchanged: a stat, no read
+    stat = path.stat()
+    path.write_bytes(b"a" * 999 + b"b")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the mtime set back: the ctime still moves
+    assert files.sha256_cached(path) != first and len(hashed) == 2
+
+
+def test_model_fingerprint_sees_an_edit_in_the_middle_of_a_weights_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "HASH_CACHE", tmp_path / "sha256.json")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    data = bytearray(os.urandom(3 << 20))
+    (model_dir / "model.safetensors").write_bytes(bytes(data))
+    before = files.model_fingerprint(model_dir)
+    data[len(data) // 2] ^= 1  # beyond the first and last MiB, same size
+    (model_dir / "model.safetensors").write_bytes(bytes(data))
+    assert files.model_fingerprint(model_dir) != before
+
+
 def test_marker_from_an_older_format_triggers_a_rebuild(fake_conversion):
     model_dir = prepare.prepare_model(prepare.DEFAULT_MODEL_DIR)
     marker = json.loads((model_dir / prepare.MARKER).read_text())
@@ -224,6 +264,10 @@ def test_user_model_dir_missing_files_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="model-1.safetensors"):  # a shard the index names is missing
         prepare.ensure_model(tmp_path)
     (tmp_path / "model-1.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match="tokenizer.json is not a tokenizer"):  # "{}": read before any weight
+        prepare.ensure_model(tmp_path)
+    from tokenizers import Tokenizer, models
+    Tokenizer(models.WordLevel({"a": 0, "</s>": 1}, unk_token="a")).save(str(tmp_path / "tokenizer.json"))
     assert prepare.ensure_model(tmp_path) == tmp_path
 
 

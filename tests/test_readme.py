@@ -1,53 +1,58 @@
-"""readme.py: the generated sections come from run directories, and a missing marker is one clear error."""
+"""tools/readme.py: generated sections come from the runs' JSON files, and a missing marker or run is one clear error."""
 import json
 
 import pytest
 
-from tools import readme
 from support.files import UserError
+from tools import readme
 
-TABLE = """| benchmark | base accuracy | arm accuracy | McNemar p | base bpb | arm bpb | bpb difference |
-|---|---|---|---|---|---|---|
-| mmlu | — | — |  | 1.5 [1.4, 1.6] | 1.5 [1.4, 1.6] | {mmlu}, Wilcoxon p 0.5 |
-| gpqa | not run | not run |  | — | — |  |
-| mgsm_en (offline stand-in for MGSM: GSM8K test 0-249, English) | — | — |  | 0.7 [0.7, 0.8] | 0.6 [0.6, 0.7] | {mgsm}, Wilcoxon p 1e-05 |
-"""
-
-
-def fake_curve_run(root, steps, mmlu, mgsm, losses):
-    d = root / f"steps-{steps}"
-    d.mkdir(parents=True)
-    (d / "report.md").write_text("# sens-sens\n\n" + TABLE.format(mmlu=mmlu, mgsm=mgsm) + "\nWhat the accuracy ...\n")
-    (d / "train_log.jsonl").write_text("".join(json.dumps({"step": i + 1, "loss": x}) + "\n"
-                                               for i, x in enumerate(losses)))
+BENCHMARKS = {
+    "mmlu": {"accuracy": 0.25, "n": 40, "ci95": [0.14, 0.40], "bpb": {"mean": 1.5, "ci95": [1.4, 1.6], "n": 40}},
+    "gpqa": {"status": "not run", "why": "GPQA is not obtainable offline; pass --gpqa-csv"},
+}
+TESTS = {"mmlu": {"mcnemar": {"p": 1.0, "only_a": 0, "only_b": 0},
+                  "bpb_diff": {"mean": -0.08, "ci95": [-0.15, -0.02], "wilcoxon_p": 0.031}}}
 
 
-def test_curve_rows_in_step_order_with_each_benchmarks_paired_difference(tmp_path, monkeypatch):
+def fake_main_run(run_dir):
+    run_dir.mkdir(parents=True)
+    base = {"mmlu": {**BENCHMARKS["mmlu"], "bpb": {"mean": 1.58, "ci95": [1.5, 1.7], "n": 40}},
+            "gpqa": BENCHMARKS["gpqa"]}
+    (run_dir / "report.json").write_text(json.dumps({
+        "results": {"arm": "sens-sens", "model": "m", "benchmarks": BENCHMARKS}, "base": base, "tests": TESTS,
+        "scores": {}, "seconds": 288.0, "command_seconds": 498.0}))
+
+
+def test_main_section_is_built_from_report_json(tmp_path, monkeypatch):
     monkeypatch.setattr(readme, "ROOT", tmp_path)
-    fake_curve_run(tmp_path / "curve", 150, "-0.03 [-0.08, +0.02]", "-0.10 [-0.12, -0.09]", [2.0] * 10 + [1.0] * 10)
-    fake_curve_run(tmp_path / "curve", 50, "-0.01 [-0.06, +0.02]", "-0.03 [-0.04, -0.02]", [3.0] * 5 + [1.0] * 15)
-    lines = readme.curve(tmp_path / "curve").splitlines()
-    assert lines[2] == "| steps | training loss (mean of the first -> last 10 steps) | mmlu | mgsm_en |"
-    assert lines[4] == "| 50 | 2.000 -> 1.000 | -0.01 [-0.06, +0.02]; p 0.5 | -0.03 [-0.04, -0.02]; p 1e-05 |"
-    assert lines[5].startswith("| 150 | 2.000 -> 1.000 | -0.03 [-0.08, +0.02]; p 0.5 |")  # not run (gpqa): no column
+    fake_main_run(tmp_path / "runs" / "main")
+    text = readme.main_job(tmp_path / "runs" / "main")
+    assert text.startswith("From `runs/main/report.json` (`python train.py --arm sens-sens`): 8.3 min wall")
+    assert "| mmlu | 25.0 [14.0, 40.0] (n=40) | 25.0 [14.0, 40.0] (n=40) | 1 (0/0) | 1.5800 [1.5000, 1.7000] |" in text
+    assert "-0.0800 [-0.1500, -0.0200], Wilcoxon p 0.031" in text
+    assert "- gpqa not run: GPQA is not obtainable offline; pass --gpqa-csv" in text
+    assert str(tmp_path) not in text  # generated documents name paths relative to the repository
 
 
 def test_a_missing_marker_or_run_is_one_clear_error(tmp_path):
-    with pytest.raises(UserError, match="no <!-- generated:curve --> section"):
-        readme.replace_section("no markers here", "curve", "body")
-    with pytest.raises(UserError, match="holds no steps-<S>/report.md"):
-        readme.curve(tmp_path)
-    text = "a\n<!-- generated:curve -->\nold\n<!-- /generated:curve -->\nb"
-    assert readme.replace_section(text, "curve", "new") == "a\n<!-- generated:curve -->\nnew\n<!-- /generated:curve -->\nb"
+    with pytest.raises(UserError, match="README.md has no <!-- generated:main --> section"):
+        readme.replace_section("no markers here", "main", "body")
+    text = "a\n<!-- generated:main -->\nold\n<!-- /generated:main -->\nb"
+    assert readme.replace_section(text, "main", "new") == "a\n<!-- generated:main -->\nnew\n<!-- /generated:main -->\nb"
 
 
-def test_a_directory_of_another_kind_is_one_line_naming_the_option(tmp_path, monkeypatch):
-    monkeypatch.setattr(readme, "README", tmp_path / "README.md")
-    (tmp_path / "README.md").write_text("<!-- generated:main -->\n<!-- /generated:main -->\n")
+def test_a_directory_of_another_kind_is_one_line_and_no_document_changes(tmp_path, monkeypatch):
+    document = tmp_path / "README.md"
+    monkeypatch.setattr(readme, "SECTIONS", [("main", document, readme.main_job), ("plan", document, readme.plan),
+                                             ("bench", document, readme.bench)])
+    document.write_text("<!-- generated:main -->\n<!-- /generated:main -->\n")
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "report.md").write_text("# an older report without a benchmark table\n")
-    with pytest.raises(UserError, match=r"--main .*run: not a finished main run of this version \(ValueError"):
+    (tmp_path / "run" / "report.json").write_text('{"an older report": true}')
+    with pytest.raises(UserError, match=r"--main .*run: not a finished main run of this version \(KeyError"):
         readme.main(["--main", str(tmp_path / "run")])
-    with pytest.raises(UserError, match=r"--ablation .*nowhere: not found; give the directory"):
-        readme.main(["--main", str(tmp_path / "run"), "--ablation", str(tmp_path / "nowhere")])
-    assert (tmp_path / "README.md").read_text() == "<!-- generated:main -->\n<!-- /generated:main -->\n"
+    with pytest.raises(UserError, match=r"--bench .*nowhere.json: not found"):
+        readme.main(["--main", str(tmp_path / "run"), "--bench", str(tmp_path / "nowhere.json")])
+    assert document.read_text() == "<!-- generated:main -->\n<!-- /generated:main -->\n"
+    fake_main_run(tmp_path / "good")
+    readme.main(["--main", str(tmp_path / "good")])
+    assert "| mmlu |" in document.read_text()

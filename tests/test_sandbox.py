@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -214,6 +215,47 @@ def test_timeout_kills_the_whole_namespace_even_if_the_harness_left_the_group():
     while processes_with_argument(mark) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert processes_with_argument(mark) == []
+
+
+BOMB = "x = []\nwhile True:\n    x.append(bytearray(10**7))\n"  # touches memory up to the address-space limit
+
+
+def scratch_emptied(parent, seconds=10.0) -> bool:
+    """Whether the scratch directories left to the background removal are gone within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while any(parent.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(parent.iterdir())
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("program", ["while True:\n    pass\n", BOMB], ids=["infinite loop", "memory bomb"])
+def test_returns_on_time_with_the_cpu_saturated(level, program, scratch_parent):
+    """Two busy processes per core (each stops itself after 30 s) compete with the program, its start-up, the
+    kill and the removal; the verdict still comes within timeout + 2 s."""
+    busy = [subprocess.Popen([sys.executable, "-c", "import time\nt = time.monotonic()\n"
+                              "while time.monotonic() - t < 30:\n    pass\n"]) for _ in range(2 * os.cpu_count())]
+    try:
+        time.sleep(0.5)  # the load is up before the run starts
+        t0 = time.monotonic()
+        ok, why = sandbox.run(program, 2.0, level)
+        elapsed = time.monotonic() - t0
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert not ok and elapsed < 2.0 + 2, (why, elapsed)
+    assert scratch_emptied(scratch_parent)
+
+
+def test_a_slow_removal_or_teardown_does_not_delay_the_verdict(monkeypatch, scratch_parent):
+    """What follows the kill is bounded: a removal that takes 5 s finishes in the background."""
+    remove = sandbox.remove_tree
+    monkeypatch.setattr(sandbox, "remove_tree", lambda path: time.sleep(5) or remove(path))
+    t0 = time.monotonic()
+    assert sandbox.run("while True:\n    pass\n", 1.0, "python") == (False, "timed out after 1s")
+    assert time.monotonic() - t0 < 1.0 + sandbox.GRACE_S + 0.5
+    assert scratch_emptied(scratch_parent)
 
 
 @pytest.mark.parametrize("level", LEVELS)

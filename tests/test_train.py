@@ -1,5 +1,7 @@
 """train.py: arm grammar, layer sets, the SFT loop, resume, and the run directory."""
 import argparse
+import csv
+import io
 import json
 
 import pytest
@@ -10,7 +12,7 @@ from data import encode_example, example_index
 from support.files import UserError
 from garfa import apply_garfa
 from lora import apply_lora
-from support.report import paired_tests
+from support.stats import mean_interval
 from train import PAPER_ARMS, Arm, TrainOptions, lr_factor, parse_arm, resolve_layers, train
 
 SCORES = {"k": 2, "sens_layers": [2, 1], "rope_layers": [0, 1]}
@@ -133,7 +135,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
         return (nll * float("nan"), count) if len(calls) >= 5 else (nll, count)
 
     monkeypatch.setattr(train_module, "sequence_nll", nan_on_step_3)
-    with pytest.raises(UserError, match="loss is nan at step 2.*last good checkpoint"):
+    with pytest.raises(UserError, match="loss is nan at step 2.*last good checkpoint.*--resume keeps this run's "
+                                        "settings: start a new run .*with a lower --lr-lora"):
         train(adapted_model(), toy_examples(), CFG, 0, pad_id=0, run_dir=tmp_path, resume=False)
     assert torch.load(tmp_path / "checkpoint.pt")["step"] == 2
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
@@ -154,63 +157,163 @@ def isolate_cache(tmp_path, monkeypatch):
 
 RUN_FILES = ("config.json", "scores.json", "layer_scores.png", "train_log.jsonl", "results.json", "report.md",
              "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/garfa.safetensors")
-BENCHES = ("mmlu", "arc_challenge", "math500", "humaneval")
+BENCHES = ("mmlu", "math500")
 
 
-def test_ablation_end_to_end_writes_every_run_file(tmp_path, monkeypatch):
+def ablation_argv(model_dir, out, *extra):
+    return ["--arm", "ablation", "--model", str(model_dir), "--out", str(out), "--steps", "2", "--batch-size", "2",
+            "--seq-len", "96", "--warmup", "1", "--limit", "3", "--heldout", "2", "--heldout-every", "1",
+            "--eval-batch-size", "4", "--bootstrap", "20", "--calib", "auto", "--n-pairs", "3",
+            "--benchmarks", ",".join(BENCHES),
+            "--metrics", "bpb,mc", "--seeds", "0,1", *extra]
+
+
+def test_ablation_with_controls_writes_every_output_recomputable_from_the_run_directory(tmp_path, monkeypatch):
+    import numpy as np
+
     import train as train_module
+    from support.ablation_report import csv_text, summarize
 
     isolate_cache(tmp_path, monkeypatch)
     out = tmp_path / "ablation"
-    argv = ["--arm", "ablation", "--model", str(tiny_model_dir(tmp_path / "tiny")), "--out", str(out),
-            "--steps", "2", "--batch-size", "2", "--seq-len", "96", "--warmup", "1", "--limit", "3",
-            "--max-new-tokens", "4", "--eval-batch-size", "4", "--bootstrap", "20",
-            "--benchmarks", ",".join(BENCHES + ("gpqa",))]
+    argv = ablation_argv(tiny_model_dir(tmp_path / "tiny"), out, "--controls", "--sens-dist", "l2")
     train_module.main(argv)
 
+    summary = json.loads((out / "ablation.json").read_text())
     scores = json.loads((out / "scores.json").read_text())
-    for arm in PAPER_ARMS:
-        run = out / arm
-        missing = [f for f in RUN_FILES + tuple(f"predictions/{b}.jsonl" for b in BENCHES) if not (run / f).is_file()]
-        assert not missing, (arm, missing)
-        results = json.loads((run / "results.json").read_text())
-        lora_side, garfa_side = arm.split("-")
-        assert results["lora_layers"] == sorted(scores[f"{lora_side}_layers"])
-        assert results["garfa_layers"] == sorted(scores[f"{garfa_side}_layers"])
-        assert {"arm", "model", "lora_layers", "garfa_layers", "spearman", "benchmarks"} <= results.keys()
-        for b in BENCHES:
-            r = results["benchmarks"][b]
-            assert r["n"] == 3 and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1]
-        assert results["benchmarks"]["gpqa"]["status"] == "not run"
-        assert len((run / "train_log.jsonl").read_text().splitlines()) == 2
-        report = (run / "report.md").read_text()
-        assert "| mmlu |" in report and "GARFA frequency multipliers" in report and "not run" in report
+    assert summary["sens_layers"] == [2] and summary["same_as"] == {"late-late": "sens-sens"}  # l2: the last layer
+    assert "late-late" in summary["same_as"] and not (out / "late-late").exists()  # reported, not trained twice
+    stable = summary["stable"]
+    assert len(stable["draws"]) == 5 and sum(stable["sensitivity"]["frequency"]) == pytest.approx(scores["k"])
+    assert summary["rope_layers"] == [int(np.argmax(stable["influence"]["frequency"]))]
+    for arm in PAPER_ARMS + ("sens-none", "none-sens", "random-random"):
+        for seed in (0, 1):
+            run = out / arm / f"seed-{seed}"
+            missing = [f for f in RUN_FILES[3:] + tuple(f"predictions/{b}.jsonl" for b in BENCHES)
+                       if not (run.parent / f if f == "report.md" else run / f).is_file()
+                       and not (f.startswith("adapter/") and "none" in arm)]
+            assert not missing, (arm, seed, missing)
+            results = json.loads((run / "results.json").read_text())
+            curve = results["training"]["heldout_curve"]
+            assert [step for step, _ in curve] == [0, 1, 2] and all(loss > 0 for _, loss in curve)
+            if arm == "random-random":  # one random set for both sides
+                assert results["lora_layers"] == results["garfa_layers"]
+            assert bool(results["lora_update_norms"]) == (arm.split("-")[0] != "none")
+            assert bool(results["garfa_multipliers"]) == (arm.split("-")[1] != "none")
+    randoms = [json.loads((out / "random-random" / f"seed-{s}" / "results.json").read_text())["lora_layers"]
+               for s in (0, 1)]
+    assert randoms == [train_module.resolve_layers("random", scores, 3, s) for s in (0, 1)]
 
-    base = json.loads((out / "base" / "results.json").read_text())
-    assert base["lora_layers"] == base["garfa_layers"] == [] and not (out / "base" / "adapter").exists()
-    some_arm = json.loads((out / "sens-sens" / "results.json").read_text())
-    assert base["benchmarks"]["mmlu"]["n"] == some_arm["benchmarks"]["mmlu"]["n"]  # the same items
-    comparison = (out / "comparison.md").read_text()
-    assert all(f"| {arm} |" in comparison for arm in PAPER_ARMS + ("base",)) and (out / "comparison.png").is_file()
-    against_base = comparison.split("Each arm against the base model")[1].split("sens-sens against each arm")[0]
-    rows = [line for line in against_base.splitlines() if line.startswith("| ") and "| arm |" not in line]
-    assert [row.split(" | ")[0][2:] for row in rows] == list(PAPER_ARMS)
-    for row, arm in zip(rows, PAPER_ARMS):  # the mmlu cell: arm - base, recomputed from the two prediction files
-        diff = paired_tests(out / "base", out / arm, ["mmlu"])["mmlu"]["bpb_diff"]["mean"]
-        assert row.split(" | ")[1].startswith(f"{diff:+.4f} [")
-    diffs = [paired_tests(out / "sens-sens", out / arm, BENCHES)[b]["bpb_diff"] for arm in PAPER_ARMS[1:]
-             for b in BENCHES]  # one seed: no seed sd, so a CI that excludes zero separates
-    apart = sum(d["ci95"][0] > 0 or d["ci95"][1] < 0 for d in diffs)
-    assert f"Of the {len(diffs)} bpb comparisons of sens-sens with the other paper arms, {apart} have" in comparison
+    # MC log-loss and cloze accuracy, recomputed from the prediction files
+    rows = [json.loads(x) for x in (out / "sens-sens" / "seed-0" / "predictions" / "mmlu.jsonl").read_text()
+            .splitlines()]
+    for r in rows:
+        logp = np.array(r["choice_logprobs"])
+        assert r["mc_logloss"] == pytest.approx(-(logp[r["gold_choice"]] - np.logaddexp.reduce(logp)))
+        assert r["cloze_correct"] == (int(np.argmax(logp / np.array(r["choice_chars"]))) == r["gold_choice"])
+    mmlu = json.loads((out / "sens-sens" / "seed-0" / "results.json").read_text())["benchmarks"]["mmlu"]
+    assert mmlu["mc_logloss"]["mean"] == pytest.approx(np.mean([r["mc_logloss"] for r in rows]))
+    assert mmlu["cloze_accuracy"]["accuracy"] == pytest.approx(np.mean([r["cloze_correct"] for r in rows]))
+
+    # The CSV, recomputed from the run directory: by hand for one cell, and whole by the report's own reader
+    table = list(csv.DictReader(io.StringIO((out / "ablation.csv").read_text())))
+    cell = next(r for r in table if (r["arm"], r["benchmark"], r["seed"]) == ("rope-sens", "mmlu", "1"))
+    arm_rows = [json.loads(x) for x in (out / "rope-sens" / "seed-1" / "predictions" / "mmlu.jsonl").read_text()
+                .splitlines()]
+    base_rows = {r["id"]: r for r in map(json.loads, (out / "base" / "predictions" / "mmlu.jsonl").read_text()
+                                         .splitlines())}
+    assert float(cell["mean_bpb"]) == pytest.approx(np.mean([r["bpb"] for r in arm_rows]), abs=1e-6)
+    assert float(cell["micro_bpb"]) == pytest.approx(sum(r["nll"] for r in arm_rows) / (
+        np.log(2) * sum(r["n_bytes"] for r in arm_rows)), abs=1e-6)
+    assert float(cell["diff_vs_base"]) == pytest.approx(np.mean([r["bpb"] - base_rows[r["id"]]["bpb"]
+                                                                 for r in arm_rows]), abs=1e-6)
+    assert float(cell["cloze_accuracy"]) == pytest.approx(np.mean([r["cloze_correct"] for r in arm_rows]), abs=1e-6)
+    results = {arm: json.loads((out / arm / "results.json").read_text()) for arm in summary["arms"]}
+    assert (out / "ablation.csv").read_text() == csv_text(summarize(out, results, summary["same_as"], scores | {
+        "stable": stable}, [0, 1])["rows"])
+    assert len(table) == len(BENCHES) * (2 * 7 + 1)  # 7 trained arms x 2 seeds, and base once
+
+    # The primary endpoint, Holm over the three paper contrasts, the conclusion and the figure
+    paper = [summary["vs_sens_sens"][a]["primary"] for a in PAPER_ARMS[1:]]
+    from support.stats import holm
+
+    assert [p["p_holm"] for p in paper] == pytest.approx(holm([p["p"] for p in paper]))
+    assert len(paper[0]["per_seed"]) == 2 and "p_holm" not in summary["vs_sens_sens"]["random-random"]["primary"]
+    md = (out / "ablation.md").read_text()
+    assert "late-late (the last k layers by index (depth alone)) adapts exactly the sens-sens layers" in md
+    assert "Holm p" in md and "2 sd" not in md and (out / "ablation.png").stat().st_size > 10_000
+    sens = json.loads((out / "sens-sens" / "results.json").read_text())["benchmarks"]["mmlu"]["bpb"]
+    mean_rows = [json.loads(x)["bpb"] for x in (out / "sens-sens" / "predictions" / "mmlu.jsonl").read_text()
+                 .splitlines()]
+    assert sens["ci95"] == mean_interval(mean_rows)["ci95"]  # a bootstrap of the seed-averaged items
 
     with pytest.raises(UserError, match="already holds a run"):  # a finished run is never overwritten
         train_module.main(argv)
-    mtime = (out / "sens-sens" / "results.json").stat().st_mtime
-    time_line = lambda: next(x for x in (out / "sens-sens" / "report.md").read_text().splitlines() if x[:7] == "- Time:")
-    before = time_line()
-    train_module.main(argv + ["--resume"])  # every arm is complete: nothing is redone, the reports are rewritten
-    assert (out / "sens-sens" / "results.json").stat().st_mtime == mtime
-    assert time_line().split(";")[0] == before.split(";")[0]  # the time the arm took, not the resume's
+    report = (out / "sens-sens" / "report.md").read_text()
+    train_module.main(argv + ["--resume"])  # every arm is complete: nothing is redone, no report rewritten
+    assert (out / "sens-sens" / "report.md").read_text() == report  # wall time included
+
+
+def test_an_interrupted_ablation_resumes_arm_by_arm_and_seed_by_seed_to_the_same_bytes(tmp_path, monkeypatch):
+    import safetensors.torch as safetensors_torch
+
+    import train as train_module
+
+    isolate_cache(tmp_path, monkeypatch)
+    model_dir = tiny_model_dir(tmp_path / "tiny")
+    argv = lambda out: ablation_argv(model_dir, out, "--layer-sets", "single", "--steps", "3",
+                                     "--checkpoint-every", "1", "--benchmarks", "mmlu")
+    train_module.main(argv(tmp_path / "whole"))
+
+    original, calls = train_module.save_checkpoint, []
+
+    def stop_in_rope_sens_seed_1(run_dir, model, optimizer, step):
+        original(run_dir, model, optimizer, step)
+        calls.append(run_dir)
+        if run_dir.parts[-2:] == ("rope-sens", "seed-1") and step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", stop_in_rope_sens_seed_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.main(argv(tmp_path / "cut"))
+    monkeypatch.setattr(train_module, "save_checkpoint", original)
+    assert not (tmp_path / "cut" / "rope-rope").exists()
+    train_module.main(argv(tmp_path / "cut") + ["--resume"])
+    for arm in PAPER_ARMS:
+        for seed in (0, 1):
+            a, b = (tmp_path / run / arm / f"seed-{seed}" for run in ("whole", "cut"))
+            assert (a / "predictions/mmlu.jsonl").read_bytes() == (b / "predictions/mmlu.jsonl").read_bytes()
+            for name in ("adapter/adapter_model.safetensors", "adapter/garfa.safetensors"):  # the header's key order
+                tensors = [safetensors_torch.load_file(str(x / name)) for x in (a, b)]  # may differ: compare values
+                assert tensors[0].keys() == tensors[1].keys(), (arm, seed, name)
+                assert all(torch.equal(tensors[0][k], tensors[1][k]) for k in tensors[0]), (arm, seed, name)
+            strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"}
+                               for x in p.read_text().splitlines()]
+            assert strip(a / "train_log.jsonl") == strip(b / "train_log.jsonl"), (arm, seed)
+    assert (tmp_path / "whole" / "ablation.csv").read_bytes() == (tmp_path / "cut" / "ablation.csv").read_bytes()
+
+
+def test_resume_needs_a_started_run_and_names_the_setting_that_differs(tmp_path, monkeypatch):
+    import train as train_module
+
+    isolate_cache(tmp_path, monkeypatch)
+    model_dir = tiny_model_dir(tmp_path / "tiny")
+    for out in (tmp_path / "missing", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        with pytest.raises(UserError, match=f"--resume: {out} holds no run to continue; check --out, or drop"):
+            train_module.main(["--arm", "sens-sens", "--model", str(model_dir), "--out", str(out), "--resume"])
+
+
+def test_depth_sides_and_arms_that_repeat_another(tmp_path):
+    from train import duplicate_arms
+
+    scores = {"k": 2, "sens_layers": [3, 2], "rope_layers": [0, 2]}
+    assert resolve_layers("late", scores, 4, seed=0) == [2, 3] and resolve_layers("early", scores, 4, seed=9) == [0, 1]
+    arms = [parse_arm(a) for a in PAPER_ARMS + ("late-late", "early-early", "random-random", "rope-none", "base")]
+    assert duplicate_arms(arms, scores, 4) == {"late-late": "sens-sens"}
+    assert duplicate_arms(arms, {**scores, "rope_layers": [0, 1]}, 4) == {"late-late": "sens-sens",
+                                                                           "early-early": "rope-rope"}
 
 
 def test_base_arm_is_the_baseline_unchanged(tmp_path, monkeypatch):
@@ -230,7 +333,7 @@ def test_base_arm_is_the_baseline_unchanged(tmp_path, monkeypatch):
 def test_bad_arms_models_and_benchmarks_are_clear_errors(tmp_path, capsys):
     import train as train_module
 
-    for argv, message in ((["--arm", "sens-top"], "each side one of sens, rope, all, random, none"),
+    for argv, message in ((["--arm", "sens-top"], "each side one of sens, rope, all, random, late, early, none"),
                           (["--arm", "sens-sens", "--benchmarks", "mmlu,squad"], "valid choices: mmlu"),
                           (["--arm", "sens-sens", "--preset", "huge"], "invalid choice: 'huge'")):
         with pytest.raises(SystemExit):
@@ -260,6 +363,8 @@ def test_chat_off_reaches_scoring_training_evaluation_and_every_cache_key(tmp_pa
     assert config["chat"] == config["eval"]["chat"] == config["scores"]["chat"] == "off"
     with pytest.raises(UserError, match="different settings: chat="):
         train_module.main(common + ["--out", str(tmp_path / "off"), "--chat", "auto", "--resume"])
+    with pytest.raises(UserError, match=r"different settings: train=\{lr_lora=0.0002 \(now 0.001\)\}\. Use the"):
+        train_module.main(common + ["--out", str(tmp_path / "off"), "--chat", "off", "--resume", "--lr-lora", "1e-3"])
 
 
 def test_seeds_write_one_directory_each_and_an_aggregate_with_numpy_mean_and_sd(tmp_path, monkeypatch):

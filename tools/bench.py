@@ -45,10 +45,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from support.cli import Parser
+from support.cli import Parser, device_option, run
 from tools.compiled import compile_model, compile_seconds
 from evaluate import loglikelihoods
-from support.files import DEFAULT_MODEL_DIR, ROOT, write_atomic
+from support.files import DEFAULT_MODEL_DIR, ROOT, UserError, write_atomic
 from lora import DEFAULT_TARGETS, apply_lora
 from model import ModelConfig, Transformer, sequence_nll
 from support.generate import generate
@@ -61,7 +61,7 @@ PREFILL_SHAPES = ((1, 512), (8, 128))  # (batch, tokens)
 LORA = dict(r=16, alpha=32, dropout=0.05, lr=2e-4, batch=4, seq_len=256)  # completion = last half of each row
 MC = dict(questions=16, prompt_len=150, letters=4)
 MATMUL_N = 2048
-# Issue targets (issue 19): speed ratios ours / transformers (+ peft), the batch-1 decoding step against the
+# Targets: speed ratios ours / transformers (+ peft), the batch-1 decoding step against the
 # weight-streaming bound, batched decode against transformers' batch-1 rate, LoRA peak memory ours / peft (a ceiling).
 # The compiled rows carry the same targets, except the LoRA step's, which asks more of the compiled path.
 TARGETS = {"decode b1 step tok/s (vs bound)": 0.9, "decode b16 tok/s (vs HF b1)": 8.0, "LoRA step (speed-up)": 1.0,
@@ -464,7 +464,30 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def is_bench_result(path: Path) -> bool:
+    """Whether `path` holds what this tool writes (a JSON object with its settings and sides): the only file
+    --out may replace."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("settings"), dict) and "sides" in data
+
+
+def check_out(path: Path) -> None:
+    """--out is claimed like every command's output: a new file, or a bench result this tool wrote before."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--out {path} is a directory; give a file path such as {path / 'bench.json'}")
+    if path.exists() and not is_bench_result(path):
+        raise UserError(f"--out {path} exists and is not a bench result; give a new file path (it is never "
+                        f"overwritten)")
+    if not path.parent.is_dir():
+        raise UserError(f"--out {path}: directory {path.parent} does not exist")
+
+
 def write_json(path, data: dict):
+    check_out(path)  # again: a file may have appeared there while the benchmark ran
     write_atomic(Path(path), json.dumps(data, indent=2))
 
 
@@ -515,7 +538,7 @@ def main(args):
 def parse_args(argv=None):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=str, default=None, help=f"HF model directory (default: {DEFAULT_MODEL_DIR.name})")
-    p.add_argument("--device", type=torch.device, default=torch.device("cpu"))
+    p.add_argument("--device", type=device_option, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="weights and activations (default fp32; bf16 with --shape)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for both sides")
@@ -550,27 +573,36 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least {1 + (name == 'new_tokens')}")
     if args.warmup < 0:
         p.error(f"--warmup {args.warmup}: give 0 or more")
+    if args.threads < 1:
+        p.error(f"--threads {args.threads}: give at least 1 (this machine has {os.cpu_count()} cores)")
     real_shape = args.shape or args.load_child
     args.dtype = args.dtype or ("bf16" if real_shape else "fp32")
     args.prompt_len = args.prompt_len or (16 if real_shape else 128)
     args.out = args.out or (f"bench-{args.shape}.json" if args.shape else "bench.json")
     if args.quick:
         args.repeats, args.lora_repeats, args.lora_rounds, args.new_tokens = 1, 1, 1, 16
-    args.torch_dtype = DTYPES[args.dtype]
+    args.torch_dtype, args.device = DTYPES[args.dtype], torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     return args
 
 
-if __name__ == "__main__":
-    args = parse_args()
+def cli(argv: list[str]) -> None:
+    args = parse_args(argv)
     if args.load_child:
         print(json.dumps(load_child(args)))
-    elif args.shape:
+        return
+    if not args.lora_child:
+        check_out(args.out)  # before any model is loaded or anything is timed
+    if args.shape:
         shape_bench(args)
+        return
+    args.model = ensure_model(args.model)
+    if args.lora_child:
+        print(json.dumps(lora_step_child(args)))
     else:
-        args.model = ensure_model(args.model)
-        if args.lora_child:
-            print(json.dumps(lora_step_child(args)))
-        else:
-            main(args)
+        main(args)
+
+
+if __name__ == "__main__":
+    run(cli)

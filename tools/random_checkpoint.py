@@ -6,8 +6,9 @@ what a hub download looks like (config.json, `model-0000k-of-0000n.safetensors` 
 numbers. It writes one tensor at a time, a slice of rows at a time, straight into the safetensors layout, so an 8B
 checkpoint (16 GB in bf16) is written in a few hundred MB of memory.
 
-    python random_checkpoint.py /tmp/llama8b                         # Llama 3.1 8B's shape, bf16, 5 GB shards
-    python random_checkpoint.py /tmp/llama8b-1 --layers 1 --dtype fp32
+    python -m tools.random_checkpoint /tmp/llama8b                         # Llama 3.1 8B's shape, bf16, 5 GB shards
+    python -m tools.random_checkpoint /tmp/llama8b-1 --layers 1 --dtype fp32
+    python -m tools.random_checkpoint /tmp/smol-random --like checkpoints/SmolLM2-135M-Instruct   # any model's config
 """
 from __future__ import annotations
 
@@ -163,17 +164,38 @@ def write_random_checkpoint(out_dir: str | Path, hf_config: dict, *, dtype: torc
     return out_dir
 
 
+def write_random_copy(model_dir: str | Path, out_dir: str | Path, *, seed: int = 0,
+                      dtype: torch.dtype = torch.float32) -> Path:
+    """A random-weight copy of a model directory: its config.json and tokenizer files, weights drawn with `seed` at
+    the usual initialisation scale (N(0, initializer_range), default 0.02; norm weights 1). Reused if complete."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    hf = json.loads((model_dir / "config.json").read_text())
+    extra = [f for f in sorted(model_dir.iterdir()) if f.is_file() and f.name != "config.json" and f.name != INDEX_FILE
+             and not f.name.endswith(".safetensors")]  # tokenizer, generation config
+    if not (is_complete(out_dir, hf, dtype) and all((out_dir / f.name).is_file() for f in extra)):
+        write_random_checkpoint(out_dir, hf, dtype=dtype, std=hf.get("initializer_range", 0.02), norm_std=0.0,
+                                seed=seed)
+        for f in extra:
+            write_atomic(out_dir / f.name, f.read_bytes())
+    return out_dir
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="directory to write (created if missing)")
     p.add_argument("--shape", choices=SHAPES, default="llama-3.1-8b", help="the config to copy")
+    p.add_argument("--like", type=Path, default=None, help="a model directory to copy instead of --shape: its "
+                   "config.json and tokenizer, fp32 weights at its initializer_range (other options ignored)")
     p.add_argument("--layers", type=int, default=None, help="override num_hidden_layers (a shallower model)")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="bf16")
     p.add_argument("--std", type=float, default=0.02, help="standard deviation of the weight matrices")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-shard-gb", type=float, default=HUB_SHARD_BYTES / 1e9, help="shard size limit, GB (1e9)")
     args = p.parse_args(argv)
+    if args.like is not None:
+        print(f"wrote {write_random_copy(args.like, args.out, seed=args.seed)}")
+        return
     hf = dict(SHAPES[args.shape])
     if args.layers is not None:
         hf["num_hidden_layers"] = args.layers
