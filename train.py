@@ -385,9 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = p.add_argument_group("evaluation (METHOD.md 6); sizes default to the preset; --metrics mc: multiple-choice "
                              "log-loss and cloze accuracy")
     add_options(e, EvalOptions, skip=("limit", "max_new_tokens", "metrics", "chat"))
-    for flag, kind, what in (("--limit", int, "items per benchmark (0: all)"), ("--eval-batch-size", int, "sequences "
+    for flag, kind, what in (("--limit", int, "items per benchmark"), ("--eval-batch-size", int, "sequences "
                              "per evaluation batch"), ("--max-new-tokens", int, "new tokens per answer (None: per "
-                             "family)"), ("--metrics", comma_list(METRICS), "accuracy and/or gold bits per byte")):
+                             "family)"), ("--metrics", comma_list(METRICS), "acc, bpb and/or mc")):
         e.add_argument(flag, type=kind, default=None, help=f"{what}; " + preset_help(flag[2:].replace("-", "_")))
     add_score_args(p.add_argument_group("layer scoring (METHOD.md 4.1-4.4)"), skip=("seed", "chat"))
     return p

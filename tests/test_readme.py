@@ -43,16 +43,19 @@ def test_a_missing_marker_or_run_is_one_clear_error(tmp_path):
 
 def test_a_directory_of_another_kind_is_one_line_and_no_document_changes(tmp_path, monkeypatch):
     document = tmp_path / "README.md"
+    monkeypatch.setattr(readme, "README", document)
     monkeypatch.setattr(readme, "SECTIONS", [("main", document, readme.main_job), ("plan", document, readme.plan),
                                              ("bench", document, readme.bench)])
-    document.write_text("<!-- generated:main -->\n<!-- /generated:main -->\n")
+    empty = "<!-- generated:claims -->\n<!-- /generated:claims -->\n<!-- generated:main -->\n<!-- /generated:main -->\n"
+    document.write_text(empty)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "report.json").write_text('{"an older report": true}')
     with pytest.raises(UserError, match=r"--main .*run: not a finished main run of this version \(KeyError"):
         readme.main(["--main", str(tmp_path / "run")])
     with pytest.raises(UserError, match=r"--bench .*nowhere.json: not found"):
         readme.main(["--main", str(tmp_path / "run"), "--bench", str(tmp_path / "nowhere.json")])
-    assert document.read_text() == "<!-- generated:main -->\n<!-- /generated:main -->\n"
+    assert document.read_text() == empty
     fake_main_run(tmp_path / "good")
     readme.main(["--main", str(tmp_path / "good")])
-    assert "| mmlu |" in document.read_text()
+    text = document.read_text()
+    assert "| mmlu |" in text and "| HumanEval+ of the winning arm |" in text and "not yet run on this version" in text

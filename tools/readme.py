@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from support.cli import Parser, run
 from support.files import ROOT, UserError, read_json, write_atomic, write_json
 from support.report import arm_table
@@ -24,6 +26,7 @@ from support.report import arm_table
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"  # runs/ is not committed: the figures and full tables a document links are copied here
 RESULTS, ENGINEERING = DOCS / "results.md", DOCS / "engineering.md"
+NOISE_MULTIPLE, HELDOUT_WINDOW = 3, 5  # "fallen clearly": more than 3x the late step-to-step noise
 
 
 def publish(source: Path, name: str) -> str:
@@ -80,6 +83,118 @@ def multiverse(run_dir: Path) -> str:
         "Every variant: [multiverse.md](multiverse.md); every number: [multiverse.json](multiverse.json)."])
 
 
+def ablation(run_dir: Path) -> str:
+    """The ablation's tables and conclusion from ablation.json; its CSV, JSON and figure copied to docs/."""
+    from support.ablation_report import markdown
+
+    data = read_json(run_dir / "ablation.json", "run the ablation again", what="an ablation result")
+    for name in ("ablation.json", "ablation.csv"):
+        publish(run_dir / name, name)
+    command = read_json(run_dir / "config.json").get("command", "python train.py --arm ablation ...")
+    body = markdown(data).split("\n", 2)[2].replace("\n## ", "\n### ")  # its title is the section's
+    return "\n\n".join([f"From `{shown(run_dir)}/ablation.json` (`{command}`); every arm x benchmark x seed: "
+                          "[ablation.csv](ablation.csv).", body.strip(),
+                          f"![ablation]({publish(run_dir / 'ablation.png', 'ablation.png')})"])
+
+
+def curve(run_dir: Path) -> str:
+    """The held-out learning curve that sized the ablation's steps, from the run's train_log.jsonl."""
+    from support.ablation_report import heldout_curve
+    from support.files import read_jsonl
+
+    log = read_jsonl(run_dir / "train_log.jsonl")
+    points = heldout_curve(log)
+    if len(points) < 3:
+        raise UserError(f"{shown(run_dir)}: fewer than 3 held-out losses in train_log.jsonl; run train.py with "
+                        "--heldout-every")
+    steps, losses = zip(*points)
+    noise = float(np.median(np.abs(np.diff(losses[len(losses) // 2:]))))  # step-to-step noise, late in training
+    clear = next((s for s, x in points if losses[0] - x > NOISE_MULTIPLE * noise), None)
+    command = read_json(run_dir / "config.json").get("command", "python train.py ...")
+    window = lambda s: np.mean([r["loss"] for r in log if s - HELDOUT_WINDOW < r["step"] <= s] or [np.nan])
+    rows = [f"| {s} | {x:.4f} | {losses[0] - x:+.4f} | {window(s):.4f} |" for s, x in points]
+    verdict = (f"Held-out loss first falls below its start by more than {NOISE_MULTIPLE}x its late step-to-step "
+               f"noise ({noise:.4f}, the median absolute change between consecutive evaluations in the second half) "
+               f"at step {clear}." if clear else
+               f"Held-out loss never falls below its start by more than {NOISE_MULTIPLE}x its late step-to-step "
+               f"noise ({noise:.4f}).")
+    return "\n".join([f"From `{shown(run_dir)}/train_log.jsonl` (`{command}`). {verdict}", "",
+                      f"| step | held-out loss | drop since step 0 | training loss (mean of the last "
+                      f"{HELDOUT_WINDOW} steps) |", "|---|---|---|---|", *rows])
+
+
+PAPER = {"r": -0.735, "p": 1.66e-6, "sens": "23-31", "rope": "0-9", "win": "+4 to +16 points on six benchmarks",
+         "humaneval_plus": "67.1%"}
+
+
+def claims(sources: dict[str, Path]) -> str:
+    """The abstract's claims, what this project computes for each, its value here next to the paper's, a status."""
+    from sensitivity import READINGS, ScoreOptions
+    from support.report import layer_ranges
+
+    DEFAULT_READING = {k: getattr(ScoreOptions(), k) for k in READINGS}  # the reading the claims table quotes
+    rows = []
+    mv_dir, ab_dir, main_dir = sources.get("multiverse"), sources.get("ablation"), sources.get("main")
+    if mv_dir:
+        mv = read_json(mv_dir / "multiverse.json")
+        s, default = mv["summary"], next(x for x in mv["records"] if x["calib_set"] == "file" and x["options"] ==
+                                         {**x["options"], **DEFAULT_READING})
+        sp, l2 = default["spearman"], next(x for x in mv["records"] if x["calib_set"] == "file" and x["options"] ==
+                                           {**x["options"], **DEFAULT_READING, "sens_dist": "l2"})
+        sig = s["significant"]
+        rows.append(("Anti-localization: S and I rank the layers in opposite orders",
+                     "Spearman r_s of S and I over layers, default reading, shipped pairs; p naive / effective-n / "
+                     "depth-trend surrogate", f"r_s {PAPER['r']}, p {PAPER['p']:.3g}",
+                     f"r_s {sp['r']:+.3f}, p {sp['p']:.2g} / {sp['p_eff']:.2g} / {sp['p_null']:.2g}; under l2 "
+                     f"r_s {l2['spearman']['r']:+.3f}, p_null {l2['spearman']['p_null']:.2g}",
+                     ("reproduced here" if default["verdict"] == "anti-localized" else "contradicted here") +
+                     f": {default['verdict']} under the default reading; {sig['naive']} of "
+                     f"{s['n_variants']} readings significant naively, {sig['p_null']} against the surrogate null"))
+        rows.append(("Is it more than depth?", "the joint test of the specification curve against surrogates that "
+                     "keep each profile's depth trend", "not reported", s["joint_line"].rstrip("."),
+                     ("tested here: something beyond depth" if s["beyond_depth"] else
+                      "contradicted here: nothing beyond depth") + (
+                         f"; a random-weight copy gives {s['random_weights']['significant']['naive']} naive "
+                         "significances" if s.get("random_weights") else "")))
+        rows.append(("Layer ranges: sensitivity late, RoPE influence early", "top-k layers of S and of I",
+                     f"S {PAPER['sens']}, I {PAPER['rope']} (of 32)",
+                     f"default: S {layer_ranges(default['sens_layers'])}, I {layer_ranges(default['rope_layers'])}; "
+                     f"l2: S {layer_ranges(l2['sens_layers'])}, I {layer_ranges(l2['rope_layers'])} (of "
+                     f"{len(default['sensitivity'])})", "tested here: the paper's geometry appears only under l2, "
+                     "whose S follows the residual norm, i.e. depth"))
+    if ab_dir:
+        ab = read_json(ab_dir / "ablation.json")
+        paper = {a: c["primary"] for a, c in ab["vs_sens_sens"].items() if "p_holm" in c["primary"]}
+        wins = sum(p["p_holm"] < 0.05 and p["mean"] > 0 for p in paper.values())
+        rows.append(("LoRA + GARFA both on the sensitivity layers wins", "primary endpoint: other arm minus "
+                     "sens-sens, mean base-sd-scaled paired bpb difference over the benchmarks; Holm over 3",
+                     PAPER["win"], "; ".join(f"{a} {p['mean']:+.3f} (Holm p {p['p_holm']:.2g})"
+                                             for a, p in paper.items()),
+                     f"tested here (bpb, not accuracy): sens-sens beats {wins} of {len(paper)} paper arms"))
+    else:
+        rows.append(("LoRA + GARFA both on the sensitivity layers wins", "primary endpoint of the ablation with "
+                     "controls (docs/results.md)", PAPER["win"], "not yet run on this version",
+                     "testable here in bpb; accuracy is at chance at 135M"))
+    if main_dir:
+        bench = read_json(main_dir / "report.json")["results"]["benchmarks"]
+        he = bench.get("humaneval_plus") if "accuracy" in bench.get("humaneval_plus", {}) else bench.get("humaneval")
+        name = "humaneval_plus" if he is bench.get("humaneval_plus") else "humaneval (stand-in: base tests)"
+        rows.append(("HumanEval+ of the winning arm", "pass@1 in the sandbox, sens-sens arm of the main job",
+                     PAPER["humaneval_plus"], f"{name} {100 * he['accuracy']:.1f}% (n={he['n']})" if he else "not run",
+                     "not testable at 135M (a 135M model, a few training steps)"))
+    head = ["| claim of the abstract | what this project computes | paper (Llama 3.1 8B) | here (SmolLM2-135M, "
+            "Q4_1-dequantized) | status |", "|---|---|---|---|---|"]
+    return "\n".join(head + [f"| {' | '.join(r)} |" for r in rows])
+
+
+def gpu(path: Path) -> str:
+    """tools/gpu_check.py's tables from its JSON (the check itself writes the JSON next to its Markdown)."""
+    from tools.gpu_check import markdown
+
+    text = markdown(read_json(path, "run python -m tools.gpu_check again", what="a tools/gpu_check.py result"))
+    return text.split("\n", 2)[2].replace("\n## ", "\n### ").strip()  # its marker comment and title are the page's
+
+
 def plan(_) -> str:
     """train.py --plan on the published Llama 3.1 8B config (random_checkpoint.LLAMA_3_1_8B), as on a GPU (bf16)."""
     from tools.random_checkpoint import LLAMA_3_1_8B
@@ -116,8 +231,9 @@ def bench(path: Path) -> str:
 
 
 # (name, document, builder). Each builder takes the resolved path the option gave.
-SECTIONS = [("main", README, main_job), ("multiverse", RESULTS, multiverse), ("plan", ENGINEERING, plan),
-            ("bench", ENGINEERING, bench)]
+SECTIONS = [("main", README, main_job), ("multiverse", RESULTS, multiverse), ("curve", RESULTS, curve),
+            ("ablation", RESULTS, ablation),
+            ("plan", ENGINEERING, plan), ("bench", ENGINEERING, bench), ("gpu", ENGINEERING, gpu)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +254,7 @@ def main(argv=None) -> None:
         if source is not None and not source.exists():
             raise UserError(f"--{name} {source}: not found; give the JSON file or the directory of a finished "
                             f"{name} run")
-    texts = {}
+    texts, built = {}, []
     for name, document, build in SECTIONS:
         source = getattr(args, name)
         if source is None:
@@ -152,9 +268,21 @@ def main(argv=None) -> None:
                             f"({type(e).__name__}: {e}); run it again, or give another directory") from e
         text = texts.get(document) or document.read_text(encoding="utf-8")
         texts[document] = replace_section(text, name, body, document)
-        print(f"{shown(document)}: {name} from {shown(source)}")
+        built.append(f"{shown(document)}: {name} from {shown(source)}")
+    given = {name: getattr(args, name).resolve() for name in ("main", "multiverse", "ablation")
+             if getattr(args, name, None)}
+    if given:
+        text = texts.get(README) or README.read_text(encoding="utf-8")
+        try:
+            body = claims(given)
+        except (OSError, ValueError, IndexError, KeyError, TypeError, StopIteration) as e:
+            raise UserError(f"the claims table: {', '.join(given)} not of this version ({type(e).__name__}: {e}); "
+                            "run them again") from e
+        texts[README] = replace_section(text, "claims", body, README)
+        built.append(f"README.md: claims from {', '.join(given)}")
     for document, text in texts.items():
         write_atomic(document, text)
+    print("\n".join(built))
 
 
 if __name__ == "__main__":
