@@ -59,3 +59,19 @@ def test_a_directory_of_another_kind_is_one_line_and_no_document_changes(tmp_pat
     readme.main(["--main", str(tmp_path / "good")])
     text = document.read_text()
     assert "| mmlu |" in text and "| HumanEval+ of the winning arm |" in text and "not yet run on this version" in text
+
+
+def test_curve_names_the_first_step_where_held_out_loss_fell_clearly_beyond_its_noise(tmp_path, monkeypatch):
+    monkeypatch.setattr(readme, "ROOT", tmp_path)
+    run = tmp_path / "runs" / "curve"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"command": "train.py --heldout-every 5"}))
+    wiggle = [0.0, 0.002, -0.002, 0.002, -0.002, 0.002, -0.002, 0.002, -0.002]  # noise ~0.008/sqrt(6) = 0.0033
+    held = {5 * (i + 1): 2.0 - 0.004 * (i + 1) + w for i, w in enumerate(wiggle)}
+    log = [{"step": s, "loss": 1.5, **({"heldout_loss_start": 2.0} if s == 1 else {}),
+            **({"heldout_loss": held[s]} if s in held else {})} for s in range(1, 46)]
+    (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    text = readme.curve(run)
+    # drops: 0.004, 0.006, 0.014, 0.014, 0.022, ...: the first beyond 3 x 0.0033 = 0.0098 is step 15
+    assert "noise (0.0033" in text and "at step 15." in text, text
+    assert "| 0 | 2.0000 | +0.0000 |" in text and "| 45 | 1.9620 | +0.0380 | 1.5000 |" in text

@@ -26,7 +26,7 @@ from support.report import arm_table
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"  # runs/ is not committed: the figures and full tables a document links are copied here
 RESULTS, ENGINEERING = DOCS / "results.md", DOCS / "engineering.md"
-NOISE_MULTIPLE, HELDOUT_WINDOW = 3, 5  # "fallen clearly": more than 3x the late step-to-step noise
+NOISE_MULTIPLE, HELDOUT_WINDOW = 3, 5  # "fallen clearly": more than 3x the step-to-step noise
 
 
 def publish(source: Path, name: str) -> str:
@@ -40,6 +40,11 @@ def shown(path: Path) -> str:
     """A path as a generated document may show it: relative to the repository, else its name only."""
     path = Path(path)
     return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name)
+
+
+def python_command(argv: str) -> str:
+    """A run's recorded command line (sys.argv joined) as a reader would type it."""
+    return argv if argv.startswith("python") else f"python {argv}"
 
 
 def replace_section(text: str, name: str, body: str, document: Path = README) -> str:
@@ -90,7 +95,7 @@ def ablation(run_dir: Path) -> str:
     data = read_json(run_dir / "ablation.json", "run the ablation again", what="an ablation result")
     for name in ("ablation.json", "ablation.csv"):
         publish(run_dir / name, name)
-    command = read_json(run_dir / "config.json").get("command", "python train.py --arm ablation ...")
+    command = python_command(read_json(run_dir / "config.json").get("command", "train.py --arm ablation ..."))
     body = markdown(data).split("\n", 2)[2].replace("\n## ", "\n### ")  # its title is the section's
     return "\n\n".join([f"From `{shown(run_dir)}/ablation.json` (`{command}`); every arm x benchmark x seed: "
                           "[ablation.csv](ablation.csv).", body.strip(),
@@ -108,16 +113,19 @@ def curve(run_dir: Path) -> str:
         raise UserError(f"{shown(run_dir)}: fewer than 3 held-out losses in train_log.jsonl; run train.py with "
                         "--heldout-every")
     steps, losses = zip(*points)
-    noise = float(np.median(np.abs(np.diff(losses[len(losses) // 2:]))))  # step-to-step noise, late in training
+    # Step-to-step noise without the trend: second differences remove a locally linear trend, and iid noise of sd
+    # sigma gives second differences of sd sigma * sqrt(6).
+    noise = float(np.median(np.abs(np.diff(losses, 2)))) / np.sqrt(6)
     clear = next((s for s, x in points if losses[0] - x > NOISE_MULTIPLE * noise), None)
-    command = read_json(run_dir / "config.json").get("command", "python train.py ...")
+    command = python_command(read_json(run_dir / "config.json").get("command", "train.py ..."))
     window = lambda s: np.mean([r["loss"] for r in log if s - HELDOUT_WINDOW < r["step"] <= s] or [np.nan])
-    rows = [f"| {s} | {x:.4f} | {losses[0] - x:+.4f} | {window(s):.4f} |" for s, x in points]
-    verdict = (f"Held-out loss first falls below its start by more than {NOISE_MULTIPLE}x its late step-to-step "
-               f"noise ({noise:.4f}, the median absolute change between consecutive evaluations in the second half) "
-               f"at step {clear}." if clear else
-               f"Held-out loss never falls below its start by more than {NOISE_MULTIPLE}x its late step-to-step "
-               f"noise ({noise:.4f}).")
+    rows = [f"| {s} | {x:.4f} | {losses[0] - x:+.4f} | {'-' if s == 0 else format(window(s), '.4f')} |"
+            for s, x in points]
+    verdict = (f"Held-out loss first falls below its start by more than {NOISE_MULTIPLE}x its step-to-step noise "
+               f"({noise:.4f}: the median absolute second difference of the curve / sqrt 6, which leaves the trend "
+               f"out) at step {clear}." if clear else
+               f"Held-out loss never falls below its start by more than {NOISE_MULTIPLE}x its step-to-step noise "
+               f"({noise:.4f}).")
     return "\n".join([f"From `{shown(run_dir)}/train_log.jsonl` (`{command}`). {verdict}", "",
                       f"| step | held-out loss | drop since step 0 | training loss (mean of the last "
                       f"{HELDOUT_WINDOW} steps) |", "|---|---|---|---|", *rows])
