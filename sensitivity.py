@@ -44,10 +44,11 @@ from support.stats import ALPHA, NULL_SURROGATES, colocalization, spearman_rows
 from support.tasks import CHAT_MODES, SKILLS
 from support.tokenizer import Tokenizer
 
-SCORES_VERSION = "3"  # bump when a score's definition changes, so cached scores are recomputed
+SCORES_VERSION = "4"  # bump when a score's definition changes, so cached scores are recomputed
 CALIB_FILE = ROOT / "calibration_pairs.json"
 READINGS = ("sens_pool", "sens_repr", "sens_dist", "sens_control", "influence")  # what the multiverse crosses (4.4b)
 FD_BATCH = 1  # pairs per finite-difference batch (2 rows: at +eps and -eps); 1 measured fastest on 2 CPU cores
+LAYER_DROP_CALIB = ("file",)  # sets scored with the layer-drop reference, 30% of a set's time (METHOD.md 4.4)
 NULL_SEED = 0  # one surrogate draw for every variant, so the joint test keeps the variants' dependence
 RANDOM_WEIGHTS_SEED = 0  # --random-weights: the one random copy of a model
 
@@ -229,8 +230,7 @@ def hidden_pass(model: Transformer, encoded: list[EncodedPair]) -> dict:
     """{"S": {(pool, repr, dist, control): (P, L)}, "norm": {(pool, repr): (P, L)}, "logit_lens": (P, L),
     "block_influence": (P, L)}: every S reading from one forward pass of each pair's three rows (prompt + correct,
     + incorrect, + incorrect2). Pooling is linear, so delta pools first: pool(h_l) - pool(h_{l-1}). The logit-lens
-    gain at l is the margin after block l minus the margin entering it; Block Influence (ShortGPT) is
-    1 - cos(h_in, h_out) of block l over the tokens of prompt + correct."""
+    gain at l is the margin after block l minus the one entering it; Block Influence is 1 - cos(h_in, h_out)."""
     device, out = model.embed_tokens.weight.device, {"S": {}, "norm": {}, "logit_lens": [], "block_influence": []}
     for pair in tqdm(encoded, desc="sensitivity", leave=False, dynamic_ncols=True):
         rows = [pair.prompt + c for c in (pair.correct, pair.incorrect, pair.incorrect2)]
@@ -326,8 +326,9 @@ def score_layers(model: Transformer, tok: Tokenizer, readings: list[ScoreOptions
     pairs = calibration_pairs(first)
     encoded = encode_pairs(tok, pairs, first.chat)
     hidden = hidden_pass(model, encoded)
-    references = {"logit_lens": hidden["logit_lens"].mean(0), "block_influence": hidden["block_influence"].mean(0),
-                  "layer_drop": layer_drop_per_pair(model, encoded).mean(0)}
+    references = {"logit_lens": hidden["logit_lens"].mean(0), "block_influence": hidden["block_influence"].mean(0)}
+    if first.calib in LAYER_DROP_CALIB:
+        references["layer_drop"] = layer_drop_per_pair(model, encoded).mean(0)
     per_I = {m: influence_per_pair(model, encoded, m, first.fd_eps) for m in sorted({o.influence for o in readings})}
     family = np.array([SKILLS[p["skill"]] for p in pairs])
     results = []
@@ -454,8 +455,7 @@ def main(argv=None) -> None:
 
             scored_dir = write_random_copy(model_dir, CACHE_DIR / f"random-weights-{model_dir.name}-seed"
                                            f"{RANDOM_WEIGHTS_SEED}", seed=RANDOM_WEIGHTS_SEED)
-        model = Transformer.from_pretrained(scored_dir, dtype=resolve_dtype(args.dtype, args.device),
-                                            device=args.device)
+        model = Transformer.from_pretrained(scored_dir, resolve_dtype(args.dtype, args.device), args.device)
         if args.compile:
             compile_model(model)
         tok = Tokenizer.from_pretrained(scored_dir)

@@ -86,8 +86,10 @@ def multiverse_summary(mv: dict) -> dict:
     joint = joint_test(mv)
     significant = {name: sum(int(x["spearman"][key] < alpha) for x in recs) for name, key in SIGNIFICANCE.items()}
     med = lambda values: float(np.nanmedian(values)) if len(values) else float("nan")
-    references = {name: {against: med([x["reference_spearman"][name][against] for x in recs])
-                         for against in ("S", "I", "depth")} for name in recs[0]["reference_spearman"]}
+    scored = {name: [x["reference_spearman"][name] for x in recs if name in x["reference_spearman"]]
+              for name in dict.fromkeys(n for x in recs for n in x["reference_spearman"])}  # layer drop: shipped set
+    references = {name: {against: med([r[against] for r in rs]) for against in ("S", "I", "depth")}
+                  | {"variants": len(rs)} for name, rs in scored.items()}
     control = {v: {"mean_r": effects["sens_control"]["mean_r"][v],
                    "median_s_depth_r": med([x["s_depth_r"] for x in recs if x["options"]["sens_control"] == v])}
                for v in mv["choices"]["sens_control"]}
@@ -135,7 +137,9 @@ def multiverse_findings(mv: dict) -> list[str]:
     s = mv["summary"]
     counts = lambda verdicts: ", ".join(f"{n} {v}" for v, n in verdicts.items())
     sig = s["significant"]
-    refs = "; ".join(f"{name} {r['S']:+.2f} / {r['I']:+.2f} / {r['depth']:+.2f}" for name, r in s["references"].items())
+    refs = "; ".join(f"{name} {r['S']:+.2f} / {r['I']:+.2f} / {r['depth']:+.2f}" + (
+        f" ({r['variants']} variants: the shipped pairs)" if r.get("variants", s["n_variants"]) < s["n_variants"]
+        else "") for name, r in s["references"].items())
     ctrl = s["control"]
     rw = s["random_weights"]
     table = ["| choice | mean r_s per value | range of the means | sign flips (matched groups) |", "|---|---|---|---|"]
@@ -238,6 +242,8 @@ def plot_layer_profiles(mv: dict) -> bytes:
     fig, axes = plt.subplots(1, len(PROFILE_PANELS), figsize=(4 * len(PROFILE_PANELS), 4))
     for ax, (key, label) in zip(axes, PROFILE_PANELS):
         for x in recs:
+            if key not in ("sensitivity", "influence") and key not in x["references"]:
+                continue  # layer drop is scored on the shipped pairs only (sensitivity.LAYER_DROP_CALIB)
             y = np.array(x[key] if key in ("sensitivity", "influence") else x["references"][key])
             legend = f"{x['calib_set']} (r_depth {rank_r(y, np.arange(len(y))):+.2f})"
             line, = ax.plot(np.arange(len(y)), y, lw=1, label=legend)

@@ -328,7 +328,7 @@ def test_multiverse_scores_every_reading_on_every_set_and_reuses_the_cache(tmp_p
         original = getattr(sens, name)
         monkeypatch.setattr(sens, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
     sens.main(common + ["--multiverse", "--calib-seeds", "3", "--out", str(tmp_path / "mv")])
-    assert sorted(calls) == ["hidden_pass"] * 2 + ["influence_per_pair"] * 4 + ["layer_drop_per_pair"] * 2
+    assert sorted(calls) == ["hidden_pass"] * 2 + ["influence_per_pair"] * 4 + ["layer_drop_per_pair"]  # shipped
     text = (tmp_path / "mv" / "multiverse.json").read_text()
     mv = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in multiverse.json is not JSON"))
     records, summary = mv["records"], mv["summary"]
@@ -362,6 +362,10 @@ def test_multiverse_scores_every_reading_on_every_set_and_reuses_the_cache(tmp_p
     assert summary["random_weights"]["significant"] == null["summary"]["significant"]
     assert mv["null_model"]["r"] == [x["spearman"]["r"] for x in null["records"]]
     assert set(summary["references"]) == {"logit_lens", "block_influence", "layer_drop"}
+    assert {name: r["variants"] for name, r in summary["references"].items()} == {
+        "logit_lens": 96, "block_influence": 96, "layer_drop": 48}  # layer drop: the shipped pairs only
+    assert all(("layer_drop" in x["references"]) == (x["calib_set"] == "file") for x in records)
+    assert "(48 variants: the shipped pairs)" in (tmp_path / "mv" / "multiverse.md").read_text()
     monkeypatch.setattr(sens, "CACHE_DIR", tmp_path / "alone")  # `python sensitivity.py`, computed on its own
     sens.main(common + ["--out", str(tmp_path / "single")])
     single = json.loads((tmp_path / "single" / "scores.json").read_text(), parse_constant=lambda _: None)  # as mv

@@ -1,7 +1,7 @@
 """Regenerate the results sections of README.md and docs/ from the runs' JSON files: no number there is typed by hand.
 
     python -m tools.readme [--main runs/sens-sens-SmolLM2-135M-Instruct] [--multiverse runs/multiverse-...]
-                           [--null runs/multiverse-random-...] [--curve runs/curve] [--ablation runs/ablation-...]
+                           [--curve runs/curve] [--ablation runs/ablation-...]
                            [--bench docs/bench.json] [--gpu docs/gpu_check.json] [--plan]
 
 Each section sits between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` in one of the documents below; a
