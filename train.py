@@ -462,6 +462,8 @@ def main(argv=None) -> None:
             run_arm(arms[0], job, scores, out, base, data, loaded=(model, tok), started=started)
         else:  # every arm in out/<arm>/, each from a freshly loaded model; an arm adapting an earlier arm's layers
             same = duplicate_arms(arms, scores, model.config.n_layers)  # is reported as equal to it, not trained
+            print("".join(f"{a} adapts the layers of {b}: reported as equal, not trained; " for a, b in same.items())
+                  + f"{(len(arms) - 1 - len(same)) * len(job.seeds)} training run(s) of {job.train.steps} steps")
             del model
             results = {}
             for arm in (a for a in arms if a.name not in same):

@@ -296,6 +296,6 @@ def phase_line(job, arms, out, scores_cached: bool, base_cached: bool) -> str:
     """One line up front: the phases that will run, and which of them a cache already holds."""
     n_train = (len(arms) - (arms[-1].name == "base")) * len(job.seeds)
     phases = {"layer scoring": scores_cached, "base evaluation": base_cached,
-              f"training ({n_train} x {job.train.steps} steps)": False, f"evaluation ({n_train} run(s))": False}
+              f"training (up to {n_train} x {job.train.steps} steps)": False, f"evaluation ({n_train} run(s))": False}
     text = " -> ".join(f"{name} (cached)" if cached else name for name, cached in phases.items())
     return f"phases: {text} -> reports in {out}"

@@ -168,7 +168,8 @@ def ablation_argv(model_dir, out, *extra):
             "--metrics", "bpb,mc", "--seeds", "0,1", *extra]
 
 
-def test_ablation_with_controls_writes_every_output_recomputable_from_the_run_directory(tmp_path, monkeypatch):
+def test_ablation_with_controls_writes_every_output_recomputable_from_the_run_directory(tmp_path, monkeypatch,
+                                                                                        capsys):
     import numpy as np
 
     import train as train_module
@@ -182,6 +183,8 @@ def test_ablation_with_controls_writes_every_output_recomputable_from_the_run_di
     summary = json.loads((out / "ablation.json").read_text())
     scores = json.loads((out / "scores.json").read_text())
     assert summary["sens_layers"] == [2] and summary["same_as"] == {"late-late": "sens-sens"}  # l2: the last layer
+    assert "late-late adapts the layers of sens-sens: reported as equal, not trained; 14 training run(s)" in \
+        capsys.readouterr().out  # 7 of the 8 arms x 2 seeds
     assert "late-late" in summary["same_as"] and not (out / "late-late").exists()  # reported, not trained twice
     stable = summary["stable"]
     assert len(stable["draws"]) == 5 and sum(stable["sensitivity"]["frequency"]) == pytest.approx(scores["k"])
