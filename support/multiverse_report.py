@@ -242,9 +242,10 @@ def plot_layer_profiles(mv: dict) -> bytes:
     fig, axes = plt.subplots(1, len(PROFILE_PANELS), figsize=(4 * len(PROFILE_PANELS), 4))
     for ax, (key, label) in zip(axes, PROFILE_PANELS):
         for x in recs:
-            if key not in ("sensitivity", "influence") and key not in x["references"]:
+            scores = x if key in ("sensitivity", "influence") else x["references"]
+            if key not in scores:
                 continue  # layer drop is scored on the shipped pairs only (sensitivity.LAYER_DROP_CALIB)
-            y = np.array(x[key] if key in ("sensitivity", "influence") else x["references"][key])
+            y = np.array(scores[key])
             legend = f"{x['calib_set']} (r_depth {rank_r(y, np.arange(len(y))):+.2f})"
             line, = ax.plot(np.arange(len(y)), y, lw=1, label=legend)
             top = x["sens_layers"] if key == "sensitivity" else x["rope_layers"] if key == "influence" else \
