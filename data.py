@@ -231,7 +231,7 @@ def check_disjoint(train: list[dict], evaluation: list[dict]) -> None:
 @functools.lru_cache(maxsize=2)
 def clean_sources(sources: tuple[str, ...]) -> tuple[tuple[dict, ...], ...]:
     """Each training source's items with the evaluation questions removed, checked disjoint once: every --calib auto
-    draw and every arm of a run builds its mixture from these (loading and matching take ~15 s on 2 CPU cores)."""
+    draw and every arm of a run builds its mixture from these (loading and matching take tens of seconds on 2 CPU cores)."""
     evaluation = [x for name in OFFLINE_BENCHMARKS for x in load_benchmark(name)]
     eval_keys = {question_key(x) for x in evaluation}
     cleaned = []
